@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+
+from tunefuse import STRATEGIES, Finetuner
+from tunefuse.train import param_groups
+
+from .conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def fitted(reviews):
+    X, y, _, _ = reviews
+    return {s: Finetuner(strategy=s, epochs=1, **TINY).fit(X, y) for s in sorted(STRATEGIES)}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_fits_and_predicts(fitted, reviews, strategy):
+    _, _, Xt, yt = reviews
+    clf = fitted[strategy]
+    proba = clf.predict_proba(Xt)
+    assert proba.shape == (len(Xt), 2)
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-5)
+    assert set(clf.predict(Xt)) <= set(clf.classes_)
+    assert clf.history_ and all(np.isfinite(h["train_loss"]) for h in clf.history_)
+    assert clf.fit_time_ > 0
+    assert 0 <= clf.score(Xt, yt) <= 1
+
+
+def _backbone_distance(clf, reference):
+    ref = dict(reference.named_parameters())
+    return sum(float((p - ref[n]).norm()) for n, p in clf.model_.named_parameters()
+               if n in ref and not n.startswith("classifier"))
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    return Finetuner(strategy="head", epochs=1, **TINY)._build(2)[0]
+
+
+def test_head_only_leaves_backbone_untouched_and_full_moves_it(fitted, pretrained):
+    assert _backbone_distance(fitted["head"], pretrained) == 0
+    assert _backbone_distance(fitted["full"], pretrained) > 0
+    assert _backbone_distance(fitted["lora"], pretrained) > 0  # merged adapters changed the attention weights
+    assert type(fitted["lora"].model_).__name__ == "BertForSequenceClassification"  # merged, no peft wrapper
+
+
+def test_lp_ft_runs_probe_then_full(fitted):
+    assert [h["stage"] for h in fitted["lp-ft"].history_][0] == "probe"
+    assert fitted["lp-ft"].history_[-1]["stage"] == "full"
+
+
+def test_l2sp_pulls_backbone_towards_pretrained(reviews, pretrained):
+    X, y, _, _ = reviews
+    free = Finetuner(epochs=1, lr=5e-4, **TINY).fit(X, y)
+    anchored = Finetuner(epochs=1, lr=5e-4, l2sp=50.0, **TINY).fit(X, y)
+    assert _backbone_distance(anchored, pretrained) < 0.7 * _backbone_distance(free, pretrained)
+
+
+def test_layer_decay_and_weight_decay_groups(pretrained):
+    groups = param_groups(pretrained, lr=1e-3, weight_decay=0.1, layer_decay=0.5, head_names=("classifier",))
+    lrs = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wds = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(pretrained.named_parameters())
+    # one layer (index 0): layer lr = lr * 0.5**1, embeddings one step lower, head at the full lr
+    assert lrs[id(named["bert.encoder.layer.0.attention.self.query.weight"])] == pytest.approx(5e-4)
+    assert lrs[id(named["bert.embeddings.word_embeddings.weight"])] == pytest.approx(2.5e-4)
+    assert lrs[id(named["classifier.weight"])] == pytest.approx(1e-3)
+    assert wds[id(named["bert.encoder.layer.0.attention.self.query.bias"])] == 0.0
+    assert wds[id(named["bert.embeddings.LayerNorm.weight"])] == 0.0
+    assert wds[id(named["classifier.weight"])] == 0.1
+
+
+def test_label_smoothing_makes_predictions_less_confident(reviews):
+    X, y, Xt, _ = reviews
+    sharp = Finetuner(strategy="head", epochs=1, probe_epochs=30, **TINY).fit(X, y)
+    smooth = Finetuner(strategy="head", epochs=1, probe_epochs=30, label_smoothing=0.4, **TINY).fit(X, y)
+    assert smooth.predict_proba(Xt).max(1).mean() < sharp.predict_proba(Xt).max(1).mean()
+
+
+def test_early_stopping_restores_best_epoch(reviews):
+    X, y, Xt, yt = reviews
+    clf = Finetuner(strategy="head", probe_epochs=15, head_lr=0.05, patience=2, **TINY).fit(X, y, X_val=Xt, y_val=yt)
+    scores = [h["val_score"] for h in clf.history_]
+    assert len(scores) <= 15
+    assert clf.score(Xt, yt) == pytest.approx(max(scores))
+
+
+def test_validation_split_is_carved_when_none_given(reviews):
+    X, y, _, _ = reviews
+    clf = Finetuner(strategy="head", early_stopping=True, validation_fraction=0.25, **TINY).fit(X, y)
+    assert all("val_score" in h for h in clf.history_)
+    no_val = Finetuner(strategy="head", early_stopping=False, **TINY).fit(X, y)
+    assert all("val_score" not in h for h in no_val.history_)
+
+
+def test_sample_weight_weighs_the_loss(reviews):
+    X, y, Xt, _ = reviews
+    only_negatives = np.where(y == 0, 1.0, 0.0)
+    clf = Finetuner(strategy="head", probe_epochs=20, **TINY).fit(X, y, sample_weight=only_negatives)
+    assert (clf.predict(Xt) == 0).mean() > 0.9
+
+
+def test_same_seed_same_predictions_and_other_seed_differs(reviews):
+    X, y, Xt, _ = reviews
+    a = Finetuner(epochs=1, random_state=3, **TINY).fit(X, y).predict_proba(Xt)
+    b = Finetuner(epochs=1, random_state=3, **TINY).fit(X, y).predict_proba(Xt)
+    c = Finetuner(epochs=1, random_state=4, **TINY).fit(X, y).predict_proba(Xt)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_fit_does_not_touch_the_global_rng(reviews):
+    X, y, _, _ = reviews
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Finetuner(strategy="head", **TINY).fit(X, y)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_string_labels_and_clone(reviews):
+    X, y, Xt, _ = reviews
+    labels = np.where(y == 1, "pos", "neg")
+    clf = Finetuner(strategy="head", **TINY)
+    fitted = clone(clf).fit(X, labels)
+    assert list(fitted.classes_) == ["neg", "pos"]
+    assert set(fitted.predict(Xt)) <= {"neg", "pos"}
+    assert clone(fitted).get_params() == clf.get_params() and not hasattr(clone(fitted), "model_")

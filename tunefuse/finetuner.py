@@ -1,0 +1,390 @@
+"""``Finetuner``: fine-tune a pretrained backbone with a new head, as a scikit-learn classifier."""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils.validation import check_is_fitted
+
+from . import features
+from .backbones import resolve_backbone
+from .checkpoint import atomic_folder, read_json, write_json
+from .data import as_labels, as_texts, collate, predict_batches, split_by_length, tokenize
+from .device import autocast, pick_device, resolve_precision
+from .strategies import get_strategy
+from .train import LoopConfig, LoopState, linear_schedule, make_optimizer, param_groups, train_loop
+
+FORMAT = "tunefuse.finetuner/1"
+# Per-forward fixed cost in token-equivalents, used to cut a batch into length-sorted micro-batches: measured on a
+# 2-core CPU with MiniLM-L6 (bench/finetune_speed.py): below ~200 the extra forwards cost more than the padding saved.
+MICRO_BATCH_OVERHEAD = 256
+PREDICT_TOKENS = 8192  # tokens per inference batch: large enough to keep the matmuls efficient, small in memory
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load reports and progress bars: a new head is expected to be 'missing'."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+def head_module(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+    for name in ("classifier", "score"):  # BERT/RoBERTa/DistilBERT call it classifier; GPT-2/Llama call it score
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name, getattr(model, name)
+    raise ValueError(f"{type(model).__name__} has no 'classifier' or 'score' head; use strategy='full'")
+
+
+class Finetuner(ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained backbone on labelled texts; a scikit-learn classifier (clone, stack, bag, boost it).
+
+    Minimises Σ w_i·CE(y_i, f(x_i)) + weight decay + λ·L2-SP, with label smoothing, layer-wise lr decay and
+    early stopping on a validation split that restores the best epoch.
+
+    >>> clf = Finetuner("minilm-l6", epochs=1, config_overrides={"num_hidden_layers": 1}, verbose=0)
+    >>> clf.fit(["great dress", "awful fit", "love it", "poor quality"], [1, 0, 1, 0]).predict(["lovely"]).shape
+    (1,)
+    """
+
+    def __init__(self, backbone: str = "minilm-l6", strategy: str = "full", *, epochs: int = 3,
+                 batch_size: int = 16, lr: float | None = None, head_lr: float = 1e-3, probe_epochs: int = 20,
+                 weight_decay: float = 0.01, l2sp: float = 0.0, layer_decay: float = 1.0,
+                 label_smoothing: float = 0.0, warmup_ratio: float = 0.06, max_grad_norm: float | None = 1.0,
+                 early_stopping: bool | str = "auto", validation_fraction: float = 0.1, patience: int = 2,
+                 max_length: int | None = None, lora_r: int = 8, lora_alpha: int = 16,
+                 freeze_embeddings: bool = False, precision: str = "auto", device: str = "auto",
+                 config_overrides: dict | None = None, trust_remote_code: bool = False,
+                 random_state: int = 0, verbose: int = 1):
+        self.backbone = backbone
+        self.strategy = strategy
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr  # None: the strategy's default (5e-5 full, 5e-4 LoRA, 1e-3 head)
+        self.head_lr = head_lr  # learning rate of the linear-probe stage (head and lp-ft)
+        self.probe_epochs = probe_epochs  # probe epochs are cheap: they run on cached backbone features
+        self.weight_decay = weight_decay
+        self.l2sp = l2sp
+        self.layer_decay = layer_decay
+        self.label_smoothing = label_smoothing
+        self.warmup_ratio = warmup_ratio
+        self.max_grad_norm = max_grad_norm
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.max_length = max_length
+        self.lora_r = lora_r
+        self.lora_alpha = lora_alpha
+        self.freeze_embeddings = freeze_embeddings
+        self.precision = precision
+        self.device = device
+        self.config_overrides = config_overrides  # e.g. {"num_hidden_layers": 2}: loads the first 2 pretrained layers
+        self.trust_remote_code = trust_remote_code
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ validation and building
+    def _check_params(self) -> None:
+        get_strategy(self.strategy)
+        checks = [("epochs", self.epochs, self.epochs >= 1, "an int >= 1"),
+                  ("batch_size", self.batch_size, self.batch_size >= 1, "an int >= 1"),
+                  ("lr", self.lr, self.lr is None or self.lr > 0, "a float > 0 or None"),
+                  ("head_lr", self.head_lr, self.head_lr > 0, "a float > 0"),
+                  ("probe_epochs", self.probe_epochs, self.probe_epochs >= 1, "an int >= 1"),
+                  ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a float >= 0"),
+                  ("l2sp", self.l2sp, self.l2sp >= 0, "a float >= 0"),
+                  ("layer_decay", self.layer_decay, 0 < self.layer_decay <= 1, "a float in (0, 1]"),
+                  ("label_smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1, "a float in [0, 1)"),
+                  ("warmup_ratio", self.warmup_ratio, 0 <= self.warmup_ratio < 1, "a float in [0, 1)"),
+                  ("validation_fraction", self.validation_fraction, 0 < self.validation_fraction < 1,
+                   "a float in (0, 1)"),
+                  ("patience", self.patience, self.patience >= 1, "an int >= 1"),
+                  ("early_stopping", self.early_stopping, self.early_stopping in (True, False, "auto"),
+                   "True, False or 'auto'"),
+                  ("max_length", self.max_length, self.max_length is None or self.max_length >= 8, "an int >= 8")]
+        for name, value, ok, valid in checks:
+            if not ok:
+                raise ValueError(f"{name}={value!r} is invalid; fix: pass {valid}")
+        pick_device(self.device)
+
+    def _build(self, num_labels: int):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        source, entry = resolve_backbone(self.backbone)
+        kwargs = dict(self.config_overrides or {}, trust_remote_code=self.trust_remote_code)
+        try:
+            with quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source, num_labels=num_labels, use_safetensors=True, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"backbone={self.backbone!r} could not be loaded from {source!r} ({str(e)[:200]}); fix: "
+                             "pass a registered name, a folder with config.json + model.safetensors + tokenizer, "
+                             "or a hub id while online") from e
+        if tokenizer.pad_token_id is None:  # decoders (GPT-2, Llama) ship without a pad token
+            tokenizer.pad_token = tokenizer.eos_token
+            model.config.pad_token_id = tokenizer.pad_token_id
+        max_length = self.max_length or (entry.max_length if entry else 128)
+        return model, tokenizer, max_length, source
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None):
+        """Fine-tune on texts ``X`` and labels ``y``; ``X_val``/``y_val`` drive early stopping when given."""
+        t0 = time.perf_counter()
+        self._check_params()
+        texts = as_texts(X)
+        y = as_labels(y, len(texts))
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"y has a single class {self.classes_.tolist()}; a classifier needs at least 2: check "
+                             "the label column and the filtering that produced it")
+        w = np.ones(len(texts)) if sample_weight is None else np.asarray(sample_weight, dtype=float).ravel()
+        if w.shape != (len(texts),) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+            raise ValueError(f"sample_weight must be {len(texts)} finite non-negative numbers with a positive sum; "
+                             f"got shape {w.shape}; fix: pass one weight per row, or None")
+        stop = self.early_stopping is True or (self.early_stopping == "auto" and (self.epochs > 1 or
+                                                                                   X_val is not None))
+        val_texts, val_y = None, None
+        if X_val is not None:
+            val_texts = as_texts(X_val, "X_val")
+            val_y = self._encode(as_labels(y_val, len(val_texts), "y_val"), "y_val")
+        elif stop:
+            idx = np.arange(len(texts))
+            counts = np.bincount(y_idx)
+            strat = y_idx if counts.min() >= 2 and len(texts) * self.validation_fraction >= len(counts) else None
+            tr, va = train_test_split(idx, test_size=self.validation_fraction, random_state=self.random_state,
+                                      stratify=strat)
+            val_texts, val_y = [texts[i] for i in va], y_idx[va]
+            texts, y_idx, w = [texts[i] for i in tr], y_idx[tr], w[tr]
+        self.device_ = pick_device(self.device)
+        self.precision_ = resolve_precision(self.precision, self.device_)
+        with torch.random.fork_rng(devices=[]):  # seeds the head init and dropout without touching the caller's RNG
+            torch.manual_seed(self.random_state)
+            self._fit(texts, y_idx, w, val_texts, val_y, stop)
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    def _fit(self, texts, y_idx, w, val_texts, val_y, stop) -> None:
+        strategy = get_strategy(self.strategy)
+        model, self.tokenizer_, self.max_length_, self.source_ = self._build(len(self.classes_))
+        self.model_ = model.to(self.device_)
+        self.history_ = []
+        y_t, w_t = torch.as_tensor(y_idx, device=self.device_), torch.as_tensor(w, dtype=torch.float32,
+                                                                                   device=self.device_)
+        head_name, head = head_module(model)
+        if strategy.probe:  # stage 1: linear probe on frozen features, computed once and shared between members
+            feats = torch.as_tensor(self._features(texts), device=self.device_)
+            val_feats = torch.as_tensor(self._features(val_texts), device=self.device_) if val_texts else None
+            lr = self.head_lr if strategy.tune else (self.lr or strategy.lr)
+            self._stage(head, list(head.parameters()), lambda b: iter([(b, head(feats[b]))]), len(texts), y_t, w_t,
+                        val_feats=val_feats, val_y=val_y, epochs=self.probe_epochs, lr=lr, stop=stop,
+                        stage="probe", head_name=head_name)
+        if strategy.tune:
+            if strategy.tune == "lora":
+                self.model_ = self._with_lora(self.model_)
+            else:
+                self.model_.requires_grad_(True)
+            if self.freeze_embeddings:
+                self.model_.get_input_embeddings().requires_grad_(False)
+            ids = tokenize(self.tokenizer_, texts, self.max_length_)
+            lengths = np.array([len(x) for x in ids])
+            pad = self.tokenizer_.pad_token_id
+
+            def forward(batch):
+                for chunk in split_by_length(lengths[batch], MICRO_BATCH_OVERHEAD):
+                    rows = batch[chunk]
+                    inputs = {k: v.to(self.device_) for k, v in collate([ids[i] for i in rows], pad).items()}
+                    with autocast(self.device_, self.precision_):
+                        yield rows, self.model_(**inputs).logits
+
+            params = [p for p in self.model_.parameters() if p.requires_grad]
+            self._stage(self.model_, params, forward, len(texts), y_t, w_t, val_texts=val_texts, val_y=val_y,
+                        epochs=self.epochs, lr=self.lr or strategy.lr, stop=stop, stage=strategy.tune,
+                        head_name=head_name)
+            if strategy.tune == "lora":  # merge the adapters: checkpoints and soups then see a plain HF model
+                self.model_ = self.model_.merge_and_unload()
+        self.model_.eval().requires_grad_(False)
+
+    def _stage(self, module, params, forward, n, y_t, w_t, *, epochs, lr, stop, stage, head_name,
+               val_texts=None, val_feats=None, val_y=None) -> None:
+        """Run one training stage (probe, full or LoRA) through the shared loop."""
+        groups = param_groups(module, lr, self.weight_decay, self.layer_decay,
+                              head_lr=None, head_names=(head_name, "modules_to_save"))
+        optimizer = make_optimizer(groups)
+        steps = epochs * -(-n // self.batch_size)
+        scheduler = linear_schedule(optimizer, steps, self.warmup_ratio)
+        cfg = LoopConfig(epochs=epochs, batch_size=self.batch_size, label_smoothing=self.label_smoothing,
+                         max_grad_norm=self.max_grad_norm, l2sp=self.l2sp,
+                         patience=self.patience if stop else None, seed=self.random_state)
+        anchor = None
+        if self.l2sp > 0 and stage != "probe":  # L2-SP anchors the pretrained backbone; the new head has no anchor
+            head_ids = {id(p) for p in head_module(self.model_)[1].parameters()}
+            anchor = {id(p): p.detach().clone() for p in params if id(p) not in head_ids}
+        best: dict[str, torch.Tensor] = {}
+        trainable = [(k, p) for k, p in module.named_parameters() if p.requires_grad]
+
+        def evaluate() -> dict:
+            if val_y is None:
+                return {}
+            if val_feats is not None:
+                with torch.inference_mode():
+                    proba = torch.softmax(module(val_feats).float(), -1).cpu().numpy()
+            else:
+                proba = self._proba(as_texts(val_texts, "X_val"))
+            p_true = np.clip(proba[np.arange(len(val_y)), val_y], 1e-12, 1)
+            return {"val_loss": float(-np.log(p_true).mean()),
+                    "val_score": float((proba.argmax(1) == val_y).mean())}
+
+        def snapshot() -> None:
+            best.update({k: p.detach().clone() for k, p in trainable})
+
+        state = train_loop(forward, n, y_t, w_t, params, optimizer, scheduler, cfg, LoopState(),
+                           evaluate=evaluate if val_y is not None else None, snapshot=snapshot, anchor=anchor,
+                           train_mode=lambda on: module.train(on), verbose=self.verbose > 0)
+        if best and state.best_epoch < state.epoch:  # restore the best epoch's weights (early stopping)
+            with torch.no_grad():
+                for k, p in trainable:
+                    p.copy_(best[k])
+        self.history_ += [dict(r, stage=stage) for r in state.history]
+        self.loop_state_ = state
+        module.eval()
+
+    def _with_lora(self, model):
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        try:
+            return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=self.lora_r,
+                                                    lora_alpha=self.lora_alpha, lora_dropout=0.1))
+        except ValueError as e:
+            raise ValueError(f"LoRA cannot pick target modules for {type(model).__name__} ({e}); fix: use "
+                             "strategy='full' or a backbone peft knows (BERT, RoBERTa, GPT-2, Llama)") from e
+
+    # ------------------------------------------------------------------ inference
+    def _features(self, texts) -> np.ndarray:
+        """Head inputs of the frozen pretrained backbone, cached per text and shared by every member with the same
+        backbone (a bag of head-only members pays for one backbone pass, not one per member)."""
+        key = (self.source_, json.dumps(self.config_overrides or {}, sort_keys=True), self.max_length_,
+               self.precision_)
+        return features.cached(key, texts, lambda missing: self._head_inputs(missing))
+
+    def _head_inputs(self, texts: list[str]) -> np.ndarray:
+        captured: list[torch.Tensor] = []
+        hook = head_module(self.model_)[1].register_forward_pre_hook(lambda m, a: captured.append(a[0].float()))
+        try:
+            self._forward_logits(texts)
+        finally:
+            hook.remove()
+        out = torch.cat(captured)
+        if out.ndim != 2:
+            raise ValueError(f"the head of {type(self.model_).__name__} takes {out.ndim}-D input; feature caching "
+                             "needs 2-D: use strategy='full' or 'lora'")
+        return out.cpu().numpy()
+
+    def _forward_logits(self, texts: list[str]) -> torch.Tensor:
+        """Logits in the input order; batches are length-sorted so little is spent on padding."""
+        model = self.model_
+        model.eval()
+        ids = tokenize(self.tokenizer_, texts, self.max_length_)
+        lengths = np.array([len(x) for x in ids])
+        out = torch.empty((len(ids), model.config.num_labels))
+        with torch.inference_mode(), autocast(self.device_, self.precision_):
+            for rows in predict_batches(lengths, PREDICT_TOKENS):
+                inputs = collate([ids[i] for i in rows], self.tokenizer_.pad_token_id)
+                out[torch.as_tensor(rows)] = model(**{k: v.to(self.device_) for k, v in inputs.items()}
+                                                   ).logits.float().cpu()
+        return out
+
+    def _proba(self, texts: list[str]) -> np.ndarray:
+        if self.strategy == "head":  # the backbone is the pretrained one: reuse the shared feature cache
+            with torch.inference_mode():
+                feats = torch.as_tensor(self._features(texts), device=self.device_)
+                logits = head_module(self.model_)[1](feats).float().cpu()
+        else:
+            logits = self._forward_logits(texts)
+        return torch.softmax(logits, -1).numpy()
+
+    def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        return self._proba(as_texts(X))
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+    def _encode(self, y: np.ndarray, param: str = "y") -> np.ndarray:
+        unseen = sorted(set(y.tolist()) - set(self.classes_.tolist()), key=str)
+        if unseen:
+            raise ValueError(f"{param} has labels {unseen[:5]} unseen during fit; classes_ are "
+                             f"{self.classes_.tolist()}; fix: drop those rows or refit with them")
+        return np.searchsorted(self.classes_, y)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Accuracy; NaN or labels unseen during fit are errors, not silent misses."""
+        check_is_fitted(self, "model_")
+        texts = as_texts(X)
+        y = self._encode(as_labels(y, len(texts)))
+        pred = self.predict_proba(texts).argmax(1)
+        return float(np.average(pred == y, weights=sample_weight))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = True
+        return tags
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path) -> Path:
+        """Write a folder: model.safetensors + config.json + tokenizer (opens with AutoModelForSequenceClassification)
+        and tunefuse.json (parameters, classes, history). Atomic: a temp folder renamed into place."""
+        check_is_fitted(self, "model_")
+        self.model_.config.id2label = {i: str(c) for i, c in enumerate(self.classes_)}
+        self.model_.config.label2id = {str(c): i for i, c in enumerate(self.classes_)}
+        with atomic_folder(path) as tmp:
+            self.model_.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer_.save_pretrained(tmp)
+            write_json(tmp / "tunefuse.json", {
+                "format": FORMAT, "params": self.get_params(), "classes": self.classes_.tolist(),
+                "classes_dtype": self.classes_.dtype.str, "max_length": self.max_length_,
+                "history": self.history_, "fit_time_s": self.fit_time_})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path, device: str = "auto") -> "Finetuner":
+        """Load a folder written by ``save``; weights are read from safetensors only (never unpickled)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(path)
+        meta = read_json(path / "tunefuse.json", "tunefuse Finetuner checkpoint")
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{str(path)!r} has format {meta.get('format')!r}, expected {FORMAT!r}; fix: re-save it "
+                             "with this version of tunefuse")
+        if not (path / "model.safetensors").exists():
+            raise ValueError(f"{str(path)!r} has no model.safetensors; the checkpoint is incomplete: save it again")
+        est = cls(**dict(meta["params"], device=device))
+        classes = np.array(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
+        with quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, use_safetensors=True, trust_remote_code=est.trust_remote_code)
+            est.tokenizer_ = AutoTokenizer.from_pretrained(path)
+        if model.config.num_labels != len(classes):
+            raise ValueError(f"{str(path)!r}: the head has {model.config.num_labels} outputs but tunefuse.json lists "
+                             f"{len(classes)} classes; the checkpoint is mismatched: save it again")
+        est.device_ = pick_device(device)
+        est.precision_ = resolve_precision(est.precision, est.device_)
+        est.model_ = model.to(est.device_).eval().requires_grad_(False)
+        est.classes_, est.max_length_, est.history_ = classes, meta["max_length"], meta["history"]
+        est.fit_time_, est.source_ = meta.get("fit_time_s", float("nan")), resolve_backbone(est.backbone)[0]
+        return est
