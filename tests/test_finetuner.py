@@ -30,7 +30,7 @@ def test_every_strategy_fits_and_predicts(fitted, reviews, strategy):
 
 def _backbone_distance(clf, reference):
     ref = dict(reference.named_parameters())
-    return sum(float((p - ref[n]).norm()) for n, p in clf.model_.named_parameters()
+    return sum(float((p.detach() - ref[n].detach()).norm()) for n, p in clf.model_.named_parameters()
                if n in ref and not n.startswith("classifier"))
 
 

@@ -26,6 +26,8 @@ FORMAT = "tunefuse.finetuner/1"
 # 2-core CPU with MiniLM-L6 (bench/finetune_speed.py): below ~200 the extra forwards cost more than the padding saved.
 MICRO_BATCH_OVERHEAD = 256
 PREDICT_TOKENS = 8192  # tokens per inference batch: large enough to keep the matmuls efficient, small in memory
+# Config names of attention-probability dropout across architectures (BERT, DistilBERT/Llama, GPT-2).
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
 
 
 @contextlib.contextmanager
@@ -67,7 +69,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                  label_smoothing: float = 0.0, warmup_ratio: float = 0.06, max_grad_norm: float | None = 1.0,
                  early_stopping: bool | str = "auto", validation_fraction: float = 0.1, patience: int = 2,
                  max_length: int | None = None, lora_r: int = 8, lora_alpha: int = 16,
-                 freeze_embeddings: bool = False, precision: str = "auto", device: str = "auto",
+                 freeze_embeddings: bool = False, attention_dropout: float | None = 0.0,
+                 precision: str = "auto", device: str = "auto",
                  config_overrides: dict | None = None, trust_remote_code: bool = False,
                  random_state: int = 0, verbose: int = 1):
         self.backbone = backbone
@@ -90,6 +93,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
         self.freeze_embeddings = freeze_embeddings
+        # 0 lets PyTorch's fused SDPA kernel run on CPU: with dropout on the attention matrix it falls back to a
+        # materialised matrix plus a Bernoulli mask, 3x slower forward (bench/finetune_speed.py); None keeps the
+        # backbone's own value.
+        self.attention_dropout = attention_dropout
         self.precision = precision
         self.device = device
         self.config_overrides = config_overrides  # e.g. {"num_hidden_layers": 2}: loads the first 2 pretrained layers
@@ -115,6 +122,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                   ("patience", self.patience, self.patience >= 1, "an int >= 1"),
                   ("early_stopping", self.early_stopping, self.early_stopping in (True, False, "auto"),
                    "True, False or 'auto'"),
+                  ("attention_dropout", self.attention_dropout,
+                   self.attention_dropout is None or 0 <= self.attention_dropout < 1, "a float in [0, 1) or None"),
                   ("max_length", self.max_length, self.max_length is None or self.max_length >= 8, "an int >= 8")]
         for name, value, ok, valid in checks:
             if not ok:
@@ -122,12 +131,15 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         pick_device(self.device)
 
     def _build(self, num_labels: int):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         source, entry = resolve_backbone(self.backbone)
         kwargs = dict(self.config_overrides or {}, trust_remote_code=self.trust_remote_code)
         try:
             with quiet_transformers():
+                if self.attention_dropout is not None:
+                    config = AutoConfig.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+                    kwargs.update({k: self.attention_dropout for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)})
                 tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
                 model = AutoModelForSequenceClassification.from_pretrained(
                     source, num_labels=num_labels, use_safetensors=True, **kwargs)
@@ -322,7 +334,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         return self._proba(as_texts(X))
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)  # checks fitted-ness before classes_ is touched
+        return self.classes_[proba.argmax(1)]
 
     def _encode(self, y: np.ndarray, param: str = "y") -> np.ndarray:
         unseen = sorted(set(y.tolist()) - set(self.classes_.tolist()), key=str)

@@ -1,0 +1,109 @@
+"""A leaderboard comparing fitted members and fusions on validation and test data."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
+
+from .output import _Fusion
+from .persist import save_fusion, save_member
+
+# name -> score(y_true, proba, classes); all are "higher is better" so the table sorts one way.
+_METRICS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
+    "accuracy": lambda y, p, c: accuracy_score(y, c[p.argmax(1)]),
+    "balanced_accuracy": lambda y, p, c: balanced_accuracy_score(y, c[p.argmax(1)]),
+    "f1_macro": lambda y, p, c: f1_score(y, c[p.argmax(1)], average="macro"),
+    "neg_log_loss": lambda y, p, c: -log_loss(y, p, labels=c),
+}
+COLUMNS = ["model", "kind", "val_score", "test_score", "fit_time_s", "predict_time_s", "size_mb", "weights"]
+
+
+def _size_mb(model: Any) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            out = (save_fusion if isinstance(model, _Fusion) else save_member)(model, Path(d) / "m")
+        except Exception as e:  # noqa: BLE001 - a model that cannot be saved still gets a row
+            warnings.warn(f"size_mb of {type(model).__name__} is NaN: saving it failed ({e})", stacklevel=3)
+            return math.nan
+        return sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+
+
+def leaderboard(models: Mapping[str, Any], X_val: Any, y_val: Any, X_test: Any = None, y_test: Any = None, *,
+                metric: str = "accuracy") -> pd.DataFrame:
+    """One row per fitted model (members and fusions alike), sorted by validation score.
+
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.naive_bayes import GaussianNB
+    >>> from tunefuse.fusion.output import Voting
+    >>> X, y = load_iris(return_X_y=True)
+    >>> nb = GaussianNB().fit(X, y)
+    >>> leaderboard({"nb": nb, "vote": Voting([("nb", nb)], prefit=True).fit(X, y)}, X, y).shape
+    (2, 8)
+    """
+    if metric not in _METRICS:
+        raise ValueError(f"metric={metric!r} is not valid: choose one of {sorted(_METRICS)}")
+    if not models:
+        raise ValueError("models={} is empty: pass {name: fitted model}, e.g. {'tfidf': pipe, 'vote': fused}")
+    if (X_test is None) != (y_test is None):
+        raise ValueError("X_test and y_test must be given together: pass both or neither")
+    score = _METRICS[metric]
+    rows = []
+    for name, model in models.items():
+        if not callable(getattr(model, "predict_proba", None)):
+            raise TypeError(f"models[{name!r}] ({type(model).__name__}) has no predict_proba: pass fitted classifiers")
+        classes = np.asarray(model.classes_)
+        # One predict_proba per model and split; the last split's call is the one timed.
+        t0 = time.perf_counter()
+        p_val = model.predict_proba(X_val)
+        t_pred = time.perf_counter() - t0
+        test_score = math.nan
+        if X_test is not None:
+            t0 = time.perf_counter()
+            p_test = model.predict_proba(X_test)
+            t_pred = time.perf_counter() - t0
+            test_score = score(np.asarray(y_test), p_test, classes)
+        fused = isinstance(model, _Fusion)
+        rows.append({
+            "model": name,
+            "kind": type(model).__name__ if fused else "member",
+            "val_score": score(np.asarray(y_val), p_val, classes),
+            "test_score": test_score,
+            "fit_time_s": float(getattr(model, "fit_time_", math.nan)),
+            "predict_time_s": t_pred,
+            "size_mb": _size_mb(model),
+            "weights": " ".join(f"{k}:{v:.2f}" for k, v in model.weights_.items()) if fused else "",
+        })
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values("val_score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def format_leaderboard(df: pd.DataFrame) -> str:
+    """Render a leaderboard as a fixed-width text table (numbers right-aligned, NaN as '-').
+
+    >>> print(format_leaderboard(pd.DataFrame({"model": ["a"], "val_score": [0.5]})))
+    model  val_score
+    a         0.5000
+    """
+    digits = {"size_mb": 2, "fit_time_s": 3, "predict_time_s": 3}
+
+    def cell(col: str, v: Any) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "-" if math.isnan(v) else f"{v:.{digits.get(col, 4)}f}"
+        return str(v)
+
+    cols = [[col] + [cell(col, v) for v in df[col]] for col in df.columns]
+    numeric = [pd.api.types.is_numeric_dtype(df[col]) for col in df.columns]
+    widths = [max(len(s) for s in c) for c in cols]
+    lines = []
+    for r in range(len(df) + 1):
+        parts = [(c[r].rjust(w) if num else c[r].ljust(w)) for c, w, num in zip(cols, widths, numeric)]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)

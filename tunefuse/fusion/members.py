@@ -1,0 +1,88 @@
+"""The member protocol shared by every output-space fusion.
+
+A member is any classifier with ``fit``, ``predict_proba`` and, once fitted, ``classes_``: a
+scikit-learn estimator or pipeline, or a :class:`tunefuse.Finetuner`. Ensembles take them as
+``[(name, estimator)]`` pairs, like scikit-learn's ``VotingClassifier``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+_EXAMPLE = "[('minilm', Finetuner()), ('tfidf', make_pipeline(...))]"
+
+
+def _short(obj: Any, limit: int = 80) -> str:
+    """A one-line repr for error messages (estimator reprs span several lines)."""
+    text = " ".join(repr(obj).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_members(members: Any, *, param: str = "members") -> list[tuple[str, Any]]:
+    """Validate ``[(name, estimator)]`` pairs and return them as a list.
+
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> check_members([("lr", LogisticRegression())])
+    [('lr', LogisticRegression())]
+    """
+    if isinstance(members, (str, bytes)) or not hasattr(members, "__iter__"):
+        raise TypeError(f"{param}={_short(members)} is not a list: pass (name, estimator) pairs, e.g. {_EXAMPLE}")
+    members = list(members)
+    if not members:
+        raise ValueError(f"{param}=[] is empty: pass at least one (name, estimator) pair, e.g. {_EXAMPLE}")
+    seen: set[str] = set()
+    for i, item in enumerate(members):
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise TypeError(f"{param}[{i}]={_short(item)} is not a (name: str, estimator) pair, e.g. {_EXAMPLE}")
+        name, est = item
+        if name in seen:
+            raise ValueError(f"{param} has the duplicate name {name!r}: give every member a unique name")
+        seen.add(name)
+        missing = [m for m in ("fit", "predict_proba") if not callable(getattr(est, m, None))]
+        if missing:
+            raise TypeError(
+                f"{param} member {name!r} ({type(est).__name__}) has no {' or '.join(missing)}: every member "
+                "needs fit and predict_proba; give it predict_proba, e.g. SVC(probability=True)"
+            )
+    return members
+
+
+def check_fitted_members(members: list[tuple[str, Any]]) -> np.ndarray:
+    """Check that every member is fitted on the same labels and return their common ``classes_``.
+
+    >>> from sklearn.dummy import DummyClassifier
+    >>> check_fitted_members([("d", DummyClassifier().fit([[0], [1]], [0, 1]))])
+    array([0, 1])
+    """
+    unfitted = []
+    for name, est in members:
+        try:
+            check_is_fitted(est)
+        except NotFittedError:
+            unfitted.append(name)
+    if unfitted:
+        raise ValueError(
+            f"members {unfitted} are not fitted but prefit=True: fit them first or pass prefit=False"
+        )
+    (first, ref), *rest = members
+    for name, est in rest:
+        if not np.array_equal(np.asarray(est.classes_), np.asarray(ref.classes_)):
+            raise ValueError(
+                f"members {first!r} and {name!r} have different classes_ ({list(ref.classes_)} vs "
+                f"{list(est.classes_)}): fit every member on the same labels"
+            )
+    return np.asarray(ref.classes_)
+
+
+def member_proba(members: list[tuple[str, Any]], X: Any) -> np.ndarray:
+    """Stack the members' ``predict_proba(X)`` into shape (n_members, n_samples, n_classes).
+
+    >>> from sklearn.dummy import DummyClassifier
+    >>> member_proba([("d", DummyClassifier().fit([[0], [1]], [0, 1]))], [[0]]).shape
+    (1, 1, 2)
+    """
+    return np.stack([np.asarray(est.predict_proba(X), dtype=float) for _, est in members])

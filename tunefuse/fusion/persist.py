@@ -1,0 +1,290 @@
+"""Save and load members and fusions without pickle.
+
+A member with its own ``save``/``load`` (a :class:`tunefuse.Finetuner`) saves itself; any other
+estimator goes through ``skops.io``, which rebuilds objects from a schema and refuses types it does
+not trust. A fusion is a folder: ``fusion.json`` (class, parameters, small fitted state),
+``arrays.safetensors`` (fitted arrays), ``ensemble.skops`` (the fitted scikit-learn meta-estimator
+with its members taken out) and ``members/<i>-<name>/`` (one :func:`save_member` folder each).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import json
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import skops.io as sio
+from safetensors.numpy import load_file, save_file
+from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
+from sklearn.utils import Bunch
+
+# Beyond skops' own defaults, types from these packages are trusted when they are classes: the code
+# already runs in this process, and skops rebuilds instances of a class without calling anything the
+# file names. Functions are NOT trusted from them (a function such as numpy.load could be stored as a
+# FunctionTransformer's func and called on data at predict time). Everything inside tunefuse itself is
+# trusted, classes and functions, since it is this library's own code.
+_TRUSTED_CLASS_PACKAGES = ("sklearn", "numpy", "scipy")
+_OWN_PACKAGE = "tunefuse"
+# The attributes of scikit-learn meta-estimators that hold members; they are saved per member.
+_MEMBER_SLOTS = ("estimators", "estimators_", "named_estimators_", "estimator", "estimator_")
+
+
+@contextmanager
+def _atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``path`` only once everything was written into it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            # os.replace cannot overwrite a non-empty folder: move the old one aside, then swap.
+            old = path.parent / f".{path.name}.old-{secrets.token_hex(4)}"
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _has_own_persistence(est: Any) -> bool:
+    return callable(getattr(est, "save", None)) and isinstance(inspect.getattr_static(type(est), "load", None),
+                                                               classmethod)
+
+
+def _dotted(obj: Any) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _import_dotted(dotted: str) -> Any:
+    """Import ``module.QualName`` by trying the longest importable module prefix."""
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"cannot import {dotted!r}")
+
+
+def _import_own(dotted: str, path: Path) -> Any:
+    # Only tunefuse's own classes are imported from a name in a file: importing an arbitrary module
+    # named by a downloaded folder would run its code.
+    if dotted.split(".")[0] != _OWN_PACKAGE:
+        raise ValueError(f"{path} names class {dotted!r}, which is not part of tunefuse: refusing to import it; "
+                         "only tunefuse classes can be loaded this way")
+    try:
+        return _import_dotted(dotted)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{path} names class {dotted!r}, which this tunefuse version does not have: "
+                         "load it with the tunefuse version that saved it") from e
+
+
+def _allowed(type_name: str) -> bool:
+    top = type_name.split(".")[0]
+    if top == _OWN_PACKAGE:
+        return True
+    if top not in _TRUSTED_CLASS_PACKAGES:
+        return False
+    try:
+        return isinstance(_import_dotted(type_name), type)
+    except (ImportError, AttributeError):
+        return False
+
+
+def _skops_load(file: Path, trusted: Iterable[str | type] | None) -> Any:
+    extra = {t if isinstance(t, str) else _dotted(t) for t in (trusted or ())}
+    untrusted = sio.get_untrusted_types(file=file)
+    rejected = [t for t in untrusted if t not in extra and not _allowed(t)]
+    if rejected:
+        raise ValueError(f"{file} contains types outside tunefuse's allow-list: {rejected}; review them and, if "
+                         f"you trust the file's source, pass trusted={rejected!r} to the load function")
+    return sio.load(file, trusted=untrusted)
+
+
+def _read_json(path: Path, name: str, what: str) -> dict:
+    if not (path / name).is_file():
+        raise ValueError(f"{path} is not a tunefuse {what} folder: {name} is missing")
+    return json.loads((path / name).read_text())
+
+
+def save_member(estimator: Any, path: str | os.PathLike) -> Path:
+    """Save one fitted member into folder ``path`` (its own ``save`` if it has one, else skops).
+
+    >>> import tempfile
+    >>> from sklearn.dummy import DummyClassifier
+    >>> d = tempfile.mkdtemp()
+    >>> m = load_member(save_member(DummyClassifier().fit([[0], [1]], [0, 1]), f"{d}/m"))
+    >>> m.predict([[0]]).tolist()
+    [0]
+    """
+    path = Path(path)
+    with _atomic_dir(path) as tmp:
+        if _has_own_persistence(estimator):
+            fmt = "tunefuse"
+            estimator.save(tmp / "model")
+        else:
+            fmt = "skops"
+            sio.dump(estimator, tmp / "model.skops")
+        (tmp / "member.json").write_text(json.dumps({"format": fmt, "class": _dotted(type(estimator))}))
+    return path
+
+
+def load_member(path: str | os.PathLike, *, trusted: Iterable[str | type] | None = None) -> Any:
+    """Load a member saved by :func:`save_member`; ``trusted`` adds reviewed type names to the allow-list.
+
+    >>> import tempfile
+    >>> from sklearn.dummy import DummyClassifier
+    >>> d = tempfile.mkdtemp()
+    >>> load_member(save_member(DummyClassifier().fit([[0], [1]], [0, 1]), f"{d}/m")).classes_.tolist()
+    [0, 1]
+    """
+    path = Path(path)
+    meta = _read_json(path, "member.json", "member")
+    if meta.get("format") == "tunefuse":
+        return _import_own(meta["class"], path).load(path / "model")
+    if meta.get("format") == "skops":
+        return _skops_load(path / "model.skops", trusted)
+    raise ValueError(f"{path}/member.json has format={meta.get('format')!r}: expected 'tunefuse' or 'skops'")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _is_jsonable(value: Any) -> bool:
+    try:
+        json.dumps(_jsonable(value))
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def save_fusion(fusion: Any, path: str | os.PathLike) -> Path:
+    """Save a fitted tunefuse fusion into folder ``path``, atomically.
+
+    >>> import tempfile
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.naive_bayes import GaussianNB
+    >>> from tunefuse.fusion.output import Voting
+    >>> X, y = load_iris(return_X_y=True)
+    >>> v = Voting([("nb", GaussianNB())]).fit(X, y)
+    >>> bool((load_fusion(save_fusion(v, tempfile.mkdtemp() + "/v")).predict(X) == v.predict(X)).all())
+    True
+    """
+    path = Path(path)
+    cls = type(fusion)
+    if cls.__module__.split(".")[0] != _OWN_PACKAGE or not hasattr(fusion, "members_"):
+        raise TypeError(f"fusion={cls.__name__} is not a fitted tunefuse fusion: fit one from "
+                        "tunefuse.fusion.output first, or use save_member for a single model")
+    members = fusion.members_
+    # members / estimator are restored from the fitted members on load; other parameters go to
+    # JSON when they can, else to skops (a CV splitter, a final_estimator).
+    params = {k: v for k, v in fusion.get_params(deep=False).items() if k not in ("members", "estimator")}
+    meta = {"format": "tunefuse-fusion", "class": _dotted(cls), "member_names": [n for n, _ in members],
+            "params": {k: _jsonable(v) for k, v in params.items() if _is_jsonable(v)}, "state": {}}
+    other_params = {k: v for k, v in params.items() if not _is_jsonable(v)}
+    arrays: dict[str, np.ndarray] = {}
+    with _atomic_dir(path) as tmp:
+        for i, (name, est) in enumerate(members):
+            save_member(est, tmp / "members" / f"{i}-{name}")
+        for key, value in vars(fusion).items():
+            if not key.endswith("_") or key.startswith("_") or key in ("members_", "ensemble_"):
+                continue
+            if key == "classes_":
+                meta["classes"] = {"values": _jsonable(list(value)), "dtype": np.asarray(value).dtype.str}
+            elif isinstance(value, np.ndarray):
+                arrays[key] = np.ascontiguousarray(value)
+            elif _is_jsonable(value):
+                meta["state"][key] = _jsonable(value)
+            else:
+                raise TypeError(f"cannot save fitted attribute {key}={type(value).__name__} of {cls.__name__}: "
+                                "store it as an array, a number, a string, a list or a dict")
+        if arrays:
+            save_file(arrays, str(tmp / "arrays.safetensors"))
+        if other_params:
+            sio.dump(other_params, tmp / "params.skops")
+        if getattr(fusion, "ensemble_", None) is not None:
+            shell = copy.copy(fusion.ensemble_)  # shallow: the fitted object itself is left untouched
+            meta["ensemble"] = {"slots": [s for s in _MEMBER_SLOTS if s in vars(shell)],
+                                "frozen": [isinstance(e, FrozenEstimator) for e in shell.estimators_]}
+            for slot in meta["ensemble"]["slots"]:
+                setattr(shell, slot, None)
+            sio.dump(shell, tmp / "ensemble.skops")
+        (tmp / "fusion.json").write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def load_fusion(path: str | os.PathLike, *, trusted: Iterable[str | type] | None = None) -> Any:
+    """Load a fusion saved by :func:`save_fusion`; its ``members`` become the loaded fitted members.
+
+    ``trusted`` adds reviewed type names to the skops allow-list (see :func:`load_member`).
+
+    >>> import tempfile
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.naive_bayes import GaussianNB
+    >>> from tunefuse.fusion.output import Stacking
+    >>> X, y = load_iris(return_X_y=True)
+    >>> s = Stacking([("nb", GaussianNB())], cv=3).fit(X, y)
+    >>> type(load_fusion(save_fusion(s, tempfile.mkdtemp() + "/s"))).__name__
+    'Stacking'
+    """
+    path = Path(path)
+    meta = _read_json(path, "fusion.json", "fusion")
+    if meta.get("format") != "tunefuse-fusion":
+        raise ValueError(f"{path}/fusion.json has format={meta.get('format')!r}: expected 'tunefuse-fusion'")
+    cls = _import_own(meta["class"], path)
+    members = [(name, load_member(path / "members" / f"{i}-{name}", trusted=trusted))
+               for i, name in enumerate(meta["member_names"])]
+    params = dict(meta["params"])
+    if (path / "params.skops").is_file():
+        params.update(_skops_load(path / "params.skops", trusted))
+    member_param = "members" if "members" in inspect.signature(cls).parameters else "estimator"
+    # Bagging/boosting: the unfitted template is rebuilt from the first fitted bag (same params).
+    params[member_param] = members if member_param == "members" else clone(members[0][1])
+    fusion = cls(**params)
+    for key, value in meta["state"].items():
+        setattr(fusion, key, value)
+    if (path / "arrays.safetensors").is_file():
+        for key, value in load_file(str(path / "arrays.safetensors")).items():
+            setattr(fusion, key, value)
+    fusion.classes_ = np.asarray(meta["classes"]["values"], dtype=np.dtype(meta["classes"]["dtype"]))
+    fusion.members_ = members
+    fusion.ensemble_ = None
+    if "ensemble" in meta:
+        shell = _skops_load(path / "ensemble.skops", trusted)
+        ests = [FrozenEstimator(e) if f else e for (_, e), f in zip(members, meta["ensemble"]["frozen"])]
+        names = [n for n, _ in members]
+        values = {"estimators": list(zip(names, ests)), "estimators_": ests,
+                  "named_estimators_": Bunch(**dict(zip(names, ests))),
+                  "estimator": params.get("estimator"), "estimator_": params.get("estimator")}
+        for slot in meta["ensemble"]["slots"]:
+            setattr(shell, slot, values[slot])
+        fusion.ensemble_ = shell
+    return fusion
