@@ -17,7 +17,7 @@ from . import features
 from .backbones import resolve_backbone
 from .checkpoint import atomic_folder, read_json, write_json
 from .data import as_labels, as_texts, collate, predict_batches, split_by_length, tokenize
-from .device import autocast, pick_device, resolve_precision
+from .device import attention_implementation, autocast, pick_device, resolve_precision
 from .strategies import get_strategy
 from .train import LoopConfig, LoopState, linear_schedule, make_optimizer, param_groups, train_loop
 
@@ -25,6 +25,7 @@ FORMAT = "tunefuse.finetuner/1"
 # Per-forward fixed cost in token-equivalents, used to cut a batch into length-sorted micro-batches: measured on a
 # 2-core CPU with MiniLM-L6 (bench/finetune_speed.py): below ~200 the extra forwards cost more than the padding saved.
 MICRO_BATCH_OVERHEAD = 256
+HEAD_INIT_SEED = 0
 PREDICT_TOKENS = 8192  # tokens per inference batch: large enough to keep the matmuls efficient, small in memory
 # Config names of attention-probability dropout across architectures (BERT, DistilBERT/Llama, GPT-2).
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
@@ -93,9 +94,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
         self.freeze_embeddings = freeze_embeddings
-        # 0 lets PyTorch's fused SDPA kernel run on CPU: with dropout on the attention matrix it falls back to a
-        # materialised matrix plus a Bernoulli mask, 3x slower forward (bench/finetune_speed.py); None keeps the
-        # backbone's own value.
+        # 0 skips a Bernoulli mask over every (batch, head, query, key) entry, a third of the forward time on CPU
+        # (bench/finetune_speed.py measures the accuracy); None keeps the backbone's own value.
         self.attention_dropout = attention_dropout
         self.precision = precision
         self.device = device
@@ -134,7 +134,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         source, entry = resolve_backbone(self.backbone)
-        kwargs = dict(self.config_overrides or {}, trust_remote_code=self.trust_remote_code)
+        kwargs = dict({"attn_implementation": attention_implementation(pick_device(self.device))},
+                      **(self.config_overrides or {}), trust_remote_code=self.trust_remote_code)
         try:
             with quiet_transformers():
                 if self.attention_dropout is not None:
@@ -168,34 +169,59 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         if w.shape != (len(texts),) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
             raise ValueError(f"sample_weight must be {len(texts)} finite non-negative numbers with a positive sum; "
                              f"got shape {w.shape}; fix: pass one weight per row, or None")
-        stop = self.early_stopping is True or (self.early_stopping == "auto" and (self.epochs > 1 or
-                                                                                   X_val is not None))
-        val_texts, val_y = None, None
+        val = None
         if X_val is not None:
             val_texts = as_texts(X_val, "X_val")
-            val_y = self._encode(as_labels(y_val, len(val_texts), "y_val"), "y_val")
-        elif stop:
-            idx = np.arange(len(texts))
-            counts = np.bincount(y_idx)
-            strat = y_idx if counts.min() >= 2 and len(texts) * self.validation_fraction >= len(counts) else None
-            tr, va = train_test_split(idx, test_size=self.validation_fraction, random_state=self.random_state,
-                                      stratify=strat)
-            val_texts, val_y = [texts[i] for i in va], y_idx[va]
-            texts, y_idx, w = [texts[i] for i in tr], y_idx[tr], w[tr]
-        self.device_ = pick_device(self.device)
-        self.precision_ = resolve_precision(self.precision, self.device_)
-        with torch.random.fork_rng(devices=[]):  # seeds the head init and dropout without touching the caller's RNG
-            torch.manual_seed(self.random_state)
-            self._fit(texts, y_idx, w, val_texts, val_y, stop)
+            val = (val_texts, self._encode(as_labels(y_val, len(val_texts), "y_val"), "y_val"))
+        self._fit_targets(texts, y_idx, w, val)
         self.fit_time_ = time.perf_counter() - t0
         return self
 
-    def _fit(self, texts, y_idx, w, val_texts, val_y, stop) -> None:
+    def fit_soft(self, X, proba, classes, X_val=None, y_val=None):
+        """Fit on soft labels ``proba`` (n_samples, n_classes) over ``classes``: distillation from an ensemble."""
+        t0 = time.perf_counter()
+        self._check_params()
+        texts = as_texts(X)
+        proba = np.asarray(proba, dtype=np.float32)
+        self.classes_ = np.asarray(classes)
+        if proba.shape != (len(texts), len(self.classes_)) or not np.allclose(proba.sum(1), 1, atol=1e-3):
+            raise ValueError(f"proba has shape {proba.shape}; fix: pass one probability row per text over "
+                             f"{len(self.classes_)} classes, each row summing to 1 (e.g. teacher.predict_proba(X))")
+        val = None
+        if X_val is not None:
+            val_texts = as_texts(X_val, "X_val")
+            val = (val_texts, self._encode(as_labels(y_val, len(val_texts), "y_val"), "y_val"))
+        self._fit_targets(texts, proba, np.ones(len(texts)), val)
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    def _fit_targets(self, texts, targets, w, val) -> None:
+        """Carve a validation split when early stopping needs one, then train under a private RNG."""
+        stop = self.early_stopping is True or (self.early_stopping == "auto" and (self.epochs > 1 or val))
+        if val is None and stop:
+            hard = targets if targets.ndim == 1 else targets.argmax(1)
+            counts = np.bincount(hard)
+            strat = hard if counts[counts > 0].min() >= 2 and len(texts) * self.validation_fraction >= len(
+                counts) else None
+            tr, va = train_test_split(np.arange(len(texts)), test_size=self.validation_fraction,
+                                      random_state=self.random_state, stratify=strat)
+            val = ([texts[i] for i in va], hard[va])
+            texts, targets, w = [texts[i] for i in tr], targets[tr], w[tr]
+        self.device_ = pick_device(self.device)
+        self.precision_ = resolve_precision(self.precision, self.device_)
+        with torch.random.fork_rng(devices=[]):  # seeds the head init and dropout without touching the caller's RNG
+            self._fit(texts, targets, w, *(val or (None, None)), stop)
+
+    def _fit(self, texts, targets, w, val_texts, val_y, stop) -> None:
         strategy = get_strategy(self.strategy)
+        # Every member starts from the same head initialisation whatever its random_state, so members of one
+        # backbone share one pretrained start and can be averaged in weight space (model soups need that).
+        torch.manual_seed(HEAD_INIT_SEED)
         model, self.tokenizer_, self.max_length_, self.source_ = self._build(len(self.classes_))
+        torch.manual_seed(self.random_state)  # dropout masks (data order has its own seeded generator)
         self.model_ = model.to(self.device_)
         self.history_ = []
-        y_t, w_t = torch.as_tensor(y_idx, device=self.device_), torch.as_tensor(w, dtype=torch.float32,
+        y_t, w_t = torch.as_tensor(targets, device=self.device_), torch.as_tensor(w, dtype=torch.float32,
                                                                                    device=self.device_)
         head_name, head = head_module(model)
         if strategy.probe:  # stage 1: linear probe on frozen features, computed once and shared between members
