@@ -51,7 +51,7 @@ def test_soup_streamed_from_checkpoints_equals_in_memory_soup(members, reviews, 
     paths = [m.save(tmp_path / n) for n, m in members]
     streamed = soup_from_checkpoints(paths)
     in_memory = WeightFusion(members, method="uniform_soup").fit(reviews[2], reviews[3])
-    np.testing.assert_allclose(streamed.predict_proba(reviews[2]), in_memory.predict_proba(reviews[2]), atol=1e-5)
+    np.testing.assert_allclose(streamed.predict_proba(reviews[2]), in_memory.predict_proba(reviews[2]), atol=2e-3)  # bf16 inference
 
 
 def test_weight_fusion_names_incompatible_members(members, reviews):

@@ -391,7 +391,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         self.model_.config.id2label = {i: str(c) for i, c in enumerate(self.classes_)}
         self.model_.config.label2id = {str(c): i for i, c in enumerate(self.classes_)}
-        with atomic_folder(path) as tmp:
+        with atomic_folder(path) as tmp, quiet_transformers():
             self.model_.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer_.save_pretrained(tmp)
             write_json(tmp / "tunefuse.json", {
@@ -414,9 +414,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{str(path)!r} has no model.safetensors; the checkpoint is incomplete: save it again")
         est = cls(**dict(meta["params"], device=device))
         classes = np.array(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
+        attn = (est.config_overrides or {}).get("attn_implementation", attention_implementation(pick_device(device)))
         with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, use_safetensors=True, trust_remote_code=est.trust_remote_code)
+                path, use_safetensors=True, trust_remote_code=est.trust_remote_code, attn_implementation=attn)
             est.tokenizer_ = AutoTokenizer.from_pretrained(path)
         if model.config.num_labels != len(classes):
             raise ValueError(f"{str(path)!r}: the head has {model.config.num_labels} outputs but tunefuse.json lists "

@@ -27,6 +27,8 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils import Bunch
 
+from .members import Cached
+
 # Beyond skops' own defaults, types from these packages are trusted when they are classes: the code
 # already runs in this process, and skops rebuilds instances of a class without calling anything the
 # file names. Functions are NOT trusted from them (a function such as numpy.load could be stored as a
@@ -139,6 +141,7 @@ def save_member(estimator: Any, path: str | os.PathLike) -> Path:
     [0]
     """
     path = Path(path)
+    estimator = getattr(estimator, "estimator", estimator) if isinstance(estimator, Cached) else estimator
     with _atomic_dir(path) as tmp:
         if _has_own_persistence(estimator):
             fmt = "tunefuse"

@@ -1,0 +1,166 @@
+"""Every fusion against the best single member, Hugging Face's Trainer and TF-IDF, on the reviews task.
+
+2,000 labelled reviews (Rating >= 4): members train on 1,600 and every fusion fits its weights, meta-learner, soup
+order, alpha or scale on the other 400 (validation). Test: the last 4,000 reviews. The best fusion and the best
+member are both chosen by validation score, never by test score.
+
+    python bench/fusion_quality.py                       # about 35 minutes on 2 cores
+    python bench/fusion_quality.py --train 400 --test 400 --epochs 1   # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+
+from tunefuse import Finetuner  # noqa: E402
+from tunefuse.datasets import load_reviews  # noqa: E402
+from tunefuse.demo import tfidf_logreg  # noqa: E402
+from tunefuse.fusion import (Bagging, Boosting, Distillation, EnsembleSelection, Stacking, Voting,  # noqa: E402
+                             WeightFusion, format_leaderboard, leaderboard)
+from tunefuse.fusion.members import cached  # noqa: E402
+
+
+def members_spec(epochs: int) -> dict[str, Finetuner]:
+    """Five fine-tuned members: different seeds, learning rates and strategies, one backbone (so soups apply)."""
+    kw = dict(epochs=epochs, verbose=0)
+    return {
+        "full_s0_lr5e-5": Finetuner("minilm-l6", random_state=0, lr=5e-5, **kw),
+        "full_s1_lr5e-5": Finetuner("minilm-l6", random_state=1, lr=5e-5, **kw),
+        "full_s2_lr8e-5": Finetuner("minilm-l6", random_state=2, lr=8e-5, **kw),
+        "lpft_s3_lr3e-5": Finetuner("minilm-l6", "lp-ft", random_state=3, **kw),
+        "lora_s4_lr5e-4": Finetuner("minilm-l6", "lora", random_state=4, **kw),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=2000)
+    ap.add_argument("--test", type=int, default=4000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--unlabeled", type=int, default=2000, help="extra unlabelled reviews for the student")
+    ap.add_argument("--skip-hf", action="store_true", help="leave out the Trainer row")
+    args = ap.parse_args()
+
+    X, y, Xt, yt = load_reviews(args.train, args.test)
+    pool, _, _, _ = load_reviews(args.train + args.unlabeled, args.test)  # same shuffle: rows after the train ones
+    X_unlabeled = pool.iloc[args.train:]
+    tr, va = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=y)
+    Xtr, ytr, Xva, yva = X.iloc[tr], y[tr], X.iloc[va], y[va]
+    print(f"reviews: {len(Xtr)} train, {len(Xva)} validation, {len(Xt)} test, {len(X_unlabeled)} unlabelled; "
+          f"majority {max(yt.mean(), 1 - yt.mean()):.4f}", flush=True)
+
+    fitted: dict[str, object] = {}
+    for name, est in members_spec(args.epochs).items():
+        fitted[name] = est.fit(Xtr, ytr, X_val=Xva, y_val=yva)
+        print(f"  member {name}: {est.fit_time_:.0f} s, val {est.score(Xva, yva):.4f}", flush=True)
+    tuned = list(fitted.items())
+    members = cached(tuned)  # each member predicts validation and test once; fusions replay (and count) it
+    tfidf = tfidf_logreg().fit(Xtr, ytr)
+    tfidf.fit_time_ = 0.0
+    mixed = members + cached([("tfidf", tfidf)])
+
+    t = time.perf_counter()
+    fusions = {
+        "vote_hard": Voting(members, voting="hard", prefit=True),
+        "vote_soft": Voting(members, prefit=True),
+        "vote_weighted": Voting(members, weights="fit", prefit=True),
+        "ensemble_selection": EnsembleSelection(members, prefit=True),
+        "stacking": Stacking(members, prefit=True),
+        "stacking+tfidf": Stacking(mixed, prefit=True),
+        "ensemble_selection+tfidf": EnsembleSelection(mixed, prefit=True),
+        "uniform_soup": WeightFusion(tuned, method="uniform_soup"),
+        "greedy_soup": WeightFusion(tuned, method="greedy_soup"),
+        "wise_ft": WeightFusion(tuned, method="wise_ft"),
+        "task_arithmetic": WeightFusion(tuned, method="task_arithmetic"),
+        "ties": WeightFusion(tuned, method="ties"),
+        "dare": WeightFusion(tuned, method="dare"),
+    }
+    for name, f in fusions.items():
+        f.fit(Xva, yva)
+        print(f"  fusion {name}: weights {', '.join(f'{k}:{v:.2f}' for k, v in f.weights_.items())}", flush=True)
+    # Bagging and boosting refit their base estimator many times: with head-only members on shared frozen features
+    # a bag of 5 costs little more than one (bench/fusion_cost.py); full fine-tunes x5 would not fit this run.
+    head = Finetuner("minilm-l6", "head", verbose=0)
+    fusions["bagging_head"] = Bagging(head, n_estimators=5).fit(Xtr, ytr)
+    fusions["kfold_bagging_head"] = Bagging(head, mode="kfold", n_splits=5).fit(Xtr, ytr)
+    fusions["boosting_head"] = Boosting(head, n_estimators=5).fit(Xtr, ytr)
+    fusion_s = time.perf_counter() - t
+    print(f"  fusions fitted in {fusion_s:.0f} s", flush=True)
+
+    models = {**dict(members), "tfidf_logreg": cached([("t", tfidf)])[0][1], **fusions}
+    board = leaderboard(models, Xva, yva, Xt, yt)
+    member_rows = board[board["model"].isin(fitted)]
+    best_member = member_rows.iloc[0]  # sorted by validation score
+    fusion_rows = board[~board["model"].isin(list(fitted) + ["tfidf_logreg"])]
+    best_fusion = fusion_rows.iloc[0]
+
+    # Distillation of the best fusion into one student, on the labelled rows plus unlabelled reviews.
+    teacher = fusions[best_fusion["model"]]
+    student = Distillation(teacher, Finetuner("minilm-l6", epochs=args.epochs, verbose=0),
+                           X_unlabeled=X_unlabeled).fit(Xtr, ytr, X_val=Xva, y_val=yva)
+    extra = {"distilled_student": student}
+    if not args.skip_hf:
+        extra["hf_trainer_default"] = hf_trainer_row(X, y)
+    board = pd.concat([board, leaderboard(extra, Xva, yva, Xt, yt)]).sort_values(
+        "val_score", ascending=False, kind="stable").reset_index(drop=True)
+    print("\n" + format_leaderboard(board))
+
+    soup = board.set_index("model").loc[["uniform_soup", "greedy_soup"]]
+    soup_best = soup.sort_values("val_score", ascending=False).iloc[0]
+    distilled = board.set_index("model").loc["distilled_student", "test_score"]
+    lift = best_fusion["test_score"] - best_member["test_score"]
+    kept = (distilled - best_member["test_score"]) / lift if lift > 0 else float("nan")
+    print(f"\nbest member by validation: {best_member['model']}; best fusion by validation: {best_fusion['model']}; "
+          f"soup row: {soup_best.name}; the student keeps {100 * kept:.0f}% of the lift")
+    print(f"best_fusion={best_fusion['model']} acc={best_fusion['test_score']:.4f} "
+          f"best_member_acc={best_member['test_score']:.4f} lift_pt={100 * lift:.2f} "
+          f"soup_acc={soup_best['test_score']:.4f} distilled_acc={distilled:.4f}")
+
+
+class _HFRow:
+    """The Trainer at its defaults (1 epoch on all 2,000 labelled rows), wrapped for the leaderboard."""
+
+    def __init__(self, model, tok, seconds):
+        self.model, self.tok, self.fit_time_, self.classes_ = model, tok, seconds, np.array([0, 1])
+
+    def predict_proba(self, X):
+        import torch
+
+        from tunefuse.data import collate, predict_batches, tokenize
+
+        texts = list(np.asarray(X).reshape(len(X), -1)[:, 0])
+        ids = tokenize(self.tok, texts, 128)
+        lengths = np.array([len(x) for x in ids])
+        out = np.empty((len(ids), 2))
+        with torch.inference_mode():
+            for rows in predict_batches(lengths, 8192):
+                logits = self.model(**collate([ids[i] for i in rows], self.tok.pad_token_id)).logits
+                out[rows] = torch.softmax(logits, -1).numpy()
+        return out
+
+    def save(self, path):
+        self.model.save_pretrained(path)
+        return path
+
+
+def hf_trainer_row(X, y) -> _HFRow:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from finetune_speed import hf_trainer
+
+    model, tok, seconds = hf_trainer(X["text"].tolist(), y, seed=0)
+    model.eval()
+    return _HFRow(model, tok, seconds)
+
+
+if __name__ == "__main__":
+    main()
