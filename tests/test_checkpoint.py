@@ -47,7 +47,7 @@ def test_save_is_atomic(fitted, tmp_path, monkeypatch):
 
 
 def test_load_errors_name_the_problem(fitted, tmp_path):
-    with pytest.raises(ValueError, match="no tunefuse.json"):
+    with pytest.raises(ValueError, match="tunefuse.json is missing"):
         Finetuner.load(tmp_path)
     path = fitted.save(tmp_path / "ckpt")
     meta = json.loads((path / "tunefuse.json").read_text())

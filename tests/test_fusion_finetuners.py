@@ -1,8 +1,6 @@
 """Fusion of real (tiny) fine-tuned members: weight-space methods, distillation, shared features, save/load."""
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
 
 from tunefuse import Finetuner, features
 from tunefuse.demo import tfidf_logreg
@@ -51,7 +49,8 @@ def test_soup_streamed_from_checkpoints_equals_in_memory_soup(members, reviews, 
     paths = [m.save(tmp_path / n) for n, m in members]
     streamed = soup_from_checkpoints(paths)
     in_memory = WeightFusion(members, method="uniform_soup").fit(reviews[2], reviews[3])
-    np.testing.assert_allclose(streamed.predict_proba(reviews[2]), in_memory.predict_proba(reviews[2]), atol=2e-3)  # bf16 inference
+    # bf16 inference: float32 sums in a different order may round a few logits differently
+    np.testing.assert_allclose(streamed.predict_proba(reviews[2]), in_memory.predict_proba(reviews[2]), atol=2e-3)
 
 
 def test_weight_fusion_names_incompatible_members(members, reviews):

@@ -20,11 +20,15 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        if path.exists():  # swap: the old folder is removed only once the new one is complete
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+        if path.exists():  # os.replace cannot overwrite a non-empty folder: move the old one aside, then swap
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent)) / path.name
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old.parent, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException:
@@ -32,18 +36,21 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=_jsonable))
-
-
 def read_json(path: Path, what: str) -> dict:
-    if not path.exists():
-        raise ValueError(f"{str(path.parent)!r} is not a {what} (no {path.name}); fix: pass a folder written by "
-                         f"its save()")
+    """Read a checkpoint's JSON file; a missing or damaged file is a one-line error naming the folder."""
+    if not path.is_file():
+        raise ValueError(f"{path.parent} is not a {what} folder: {path.name} is missing; fix: pass a folder "
+                         f"written by its save()")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{str(path)!r} is not valid JSON ({e}); the checkpoint is damaged: save it again") from e
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=_jsonable))
+
+
 
 
 def _jsonable(o):
@@ -53,6 +60,3 @@ def _jsonable(o):
         return o.tolist()
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
-
-def folder_size(path: str | os.PathLike) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

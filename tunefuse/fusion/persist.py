@@ -14,11 +14,8 @@ import importlib
 import inspect
 import json
 import os
-import secrets
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import skops.io as sio
@@ -27,6 +24,7 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils import Bunch
 
+from ..checkpoint import atomic_folder, read_json
 from .members import Cached
 
 # Beyond skops' own defaults, types from these packages are trusted when they are classes: the code
@@ -38,32 +36,6 @@ _TRUSTED_CLASS_PACKAGES = ("sklearn", "numpy", "scipy")
 _OWN_PACKAGE = "tunefuse"
 # The attributes of scikit-learn meta-estimators that hold members; they are saved per member.
 _MEMBER_SLOTS = ("estimators", "estimators_", "named_estimators_", "estimator", "estimator_")
-
-
-@contextmanager
-def _atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder that replaces ``path`` only once everything was written into it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if path.exists():
-            # os.replace cannot overwrite a non-empty folder: move the old one aside, then swap.
-            old = path.parent / f".{path.name}.old-{secrets.token_hex(4)}"
-            os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)
-                raise
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _has_own_persistence(est: Any) -> bool:
@@ -125,9 +97,7 @@ def _skops_load(file: Path, trusted: Iterable[str | type] | None) -> Any:
 
 
 def _read_json(path: Path, name: str, what: str) -> dict:
-    if not (path / name).is_file():
-        raise ValueError(f"{path} is not a tunefuse {what} folder: {name} is missing")
-    return json.loads((path / name).read_text())
+    return read_json(path / name, f"tunefuse {what}")
 
 
 def save_member(estimator: Any, path: str | os.PathLike) -> Path:
@@ -142,7 +112,7 @@ def save_member(estimator: Any, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     estimator = getattr(estimator, "estimator", estimator) if isinstance(estimator, Cached) else estimator
-    with _atomic_dir(path) as tmp:
+    with atomic_folder(path) as tmp:
         if _has_own_persistence(estimator):
             fmt = "tunefuse"
             estimator.save(tmp / "model")
@@ -214,7 +184,7 @@ def save_fusion(fusion: Any, path: str | os.PathLike) -> Path:
             "params": {k: _jsonable(v) for k, v in params.items() if _is_jsonable(v)}, "state": {}}
     other_params = {k: v for k, v in params.items() if not _is_jsonable(v)}
     arrays: dict[str, np.ndarray] = {}
-    with _atomic_dir(path) as tmp:
+    with atomic_folder(path) as tmp:
         for i, (name, est) in enumerate(members):
             save_member(est, tmp / "members" / f"{i}-{name}")
         for key, value in vars(fusion).items():
