@@ -9,8 +9,8 @@ lr 5e-5, max length 128, linear decay, no warmup, no weight decay, AdamW, grad-n
 Throughput is training examples per second of ``fit`` / ``trainer.train()`` (tokenisation and model loading
 included for tunefuse, excluded for the Trainer: its datasets are tokenised before the clock starts). Every model is
 scored by the same evaluator (bf16 autocast, length-sorted batches), so accuracy differences come from training
-alone. Ablation rows (one seed) show what each tunefuse speed choice buys. GFLOP/s counts useful work (real tokens, no padding) against a matmul peak
-measured in the same run.
+alone. Ablation rows (one seed) show what each tunefuse speed choice buys. GFLOP/s counts useful work (real tokens,
+no padding) against a matmul peak measured in the same run.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ ROWS = {  # name -> (runner, kwargs, every seed?)
                                         True),
     "tunefuse": (tunefuse_fit, {}, True),
     "tunefuse_fp32": (tunefuse_fit, {"precision": "fp32"}, False),  # what bf16 autocast buys
-    "tunefuse_attention_dropout_0.1": (tunefuse_fit, {"attention_dropout": None}, False),  # what dropping it buys
+    "tunefuse_dropout_0.1": (tunefuse_fit, {"dropout": None}, False),  # the backbone's dropout: what 0 buys
     "tunefuse_sdpa": (tunefuse_fit, {"config_overrides": {"attn_implementation": "sdpa"}}, False),  # eager vs fused
     "tunefuse_no_micro_batches": (tunefuse_fit, {"micro_batch_overhead": 10**9}, False),  # one padded batch
 }

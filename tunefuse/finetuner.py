@@ -26,8 +26,9 @@ FORMAT = "tunefuse.finetuner/1"
 MICRO_BATCH_OVERHEAD = 256
 HEAD_INIT_SEED = 0
 PREDICT_TOKENS = 8192  # tokens per inference batch: large enough to keep the matmuls efficient, small in memory
-# Config names of attention-probability dropout across architectures (BERT, DistilBERT/Llama, GPT-2).
-ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+# Config names of dropout across architectures: BERT, DistilBERT, GPT-2, Llama (hidden, attention, embeddings).
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout")
 
 
 @contextlib.contextmanager
@@ -69,7 +70,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                  label_smoothing: float = 0.0, warmup_ratio: float = 0.06, max_grad_norm: float | None = 1.0,
                  early_stopping: bool | str = "auto", validation_fraction: float = 0.1, patience: int = 2,
                  max_length: int | None = None, lora_r: int = 8, lora_alpha: int = 16,
-                 freeze_embeddings: bool = False, attention_dropout: float | None = 0.0,
+                 freeze_embeddings: bool = False, dropout: float | None = 0.0,
                  precision: str = "auto", device: str = "auto",
                  config_overrides: dict | None = None, trust_remote_code: bool = False,
                  random_state: int = 0, verbose: int = 1):
@@ -93,9 +94,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
         self.freeze_embeddings = freeze_embeddings
-        # 0 skips a Bernoulli mask over every (batch, head, query, key) entry, a third of the forward time on CPU
-        # (bench/finetune_speed.py measures the accuracy); None keeps the backbone's own value.
-        self.attention_dropout = attention_dropout
+        # Backbone dropout (hidden and attention). 0 by default: on CPU the Bernoulli masks cost a third of the step
+        # time, and in short fine-tunes with early stopping the accuracy is the same (bench/finetune_speed.py, 3
+        # seeds). None keeps the backbone's own (0.1 for BERT); raise it for long runs on little data.
+        self.dropout = dropout
         self.precision = precision
         self.device = device
         self.config_overrides = config_overrides  # e.g. {"num_hidden_layers": 2}: loads the first 2 pretrained layers
@@ -121,8 +123,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                   ("patience", self.patience, self.patience >= 1, "an int >= 1"),
                   ("early_stopping", self.early_stopping, self.early_stopping in (True, False, "auto"),
                    "True, False or 'auto'"),
-                  ("attention_dropout", self.attention_dropout,
-                   self.attention_dropout is None or 0 <= self.attention_dropout < 1, "a float in [0, 1) or None"),
+                  ("dropout", self.dropout, self.dropout is None or 0 <= self.dropout < 1,
+                   "a float in [0, 1) or None"),
                   ("max_length", self.max_length, self.max_length is None or self.max_length >= 8, "an int >= 8")]
         for name, value, ok, valid in checks:
             if not ok:
@@ -137,9 +139,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                       **(self.config_overrides or {}), trust_remote_code=self.trust_remote_code)
         try:
             with quiet_transformers():
-                if self.attention_dropout is not None:
+                if self.dropout is not None:
                     config = AutoConfig.from_pretrained(source, trust_remote_code=self.trust_remote_code)
-                    kwargs.update({k: self.attention_dropout for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)})
+                    kwargs.update({k: self.dropout for k in DROPOUT_KEYS if isinstance(getattr(config, k, None),
+                                                                                        float)})
                 tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
                 model = AutoModelForSequenceClassification.from_pretrained(
                     source, num_labels=num_labels, use_safetensors=True, **kwargs)
@@ -220,6 +223,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         torch.manual_seed(self.random_state)  # dropout masks (data order has its own seeded generator)
         self.model_ = model.to(self.device_)
         self.history_ = []
+        # A backbone that never trains keeps predicting from the shared feature cache (see _proba)
+        self.frozen_backbone_ = strategy.tune is None
         y_t, w_t = torch.as_tensor(targets, device=self.device_), torch.as_tensor(w, dtype=torch.float32,
                                                                                    device=self.device_)
         head_name, head = head_module(model)
@@ -346,7 +351,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         return out
 
     def _proba(self, texts: list[str]) -> np.ndarray:
-        if self.strategy == "head":  # the backbone is the pretrained one: reuse the shared feature cache
+        if self.frozen_backbone_:  # the backbone is the pretrained one: reuse the shared feature cache
             with torch.inference_mode():
                 feats = torch.as_tensor(self._features(texts), device=self.device_)
                 logits = head_module(self.model_)[1](feats).float().cpu()
@@ -396,7 +401,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             write_json(tmp / "tunefuse.json", {
                 "format": FORMAT, "params": self.get_params(), "classes": self.classes_.tolist(),
                 "classes_dtype": self.classes_.dtype.str, "max_length": self.max_length_,
-                "history": self.history_, "fit_time_s": self.fit_time_})
+                "history": self.history_, "fit_time_s": self.fit_time_, "frozen_backbone": self.frozen_backbone_})
         return Path(path)
 
     @classmethod
@@ -426,4 +431,5 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         est.model_ = model.to(est.device_).eval().requires_grad_(False)
         est.classes_, est.max_length_, est.history_ = classes, meta["max_length"], meta["history"]
         est.fit_time_, est.source_ = meta.get("fit_time_s", float("nan")), resolve_backbone(est.backbone)[0]
+        est.frozen_backbone_ = bool(meta.get("frozen_backbone", False))
         return est

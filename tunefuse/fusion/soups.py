@@ -37,6 +37,7 @@ def with_state(template, state: dict[str, torch.Tensor]):
         template.model_ = model
     out.model_ = copy.deepcopy(model)
     out.model_.load_state_dict(state)
+    out.frozen_backbone_ = False  # new weights: predict through the model, not the pretrained feature cache
     return out
 
 
@@ -121,6 +122,8 @@ class WeightFusion(ClassifierMixin, BaseEstimator):
             scale = max(scores, key=lambda s: (scores[s], -s))
             fused, self.params_ = merged[scale], {"scale": scale, "density": self.density}
         self.fused_ = with_state(template, fused)
+        # the soup's backbone is the pretrained one only if no member trained it (then cached features stay valid)
+        self.fused_.frozen_backbone_ = all(m.frozen_backbone_ for _, m in members)
         self.members_ = members
         self.weights_ = {n: (chosen.count(i) / len(chosen) if i in chosen else 0.0) for i, n in enumerate(names)}
         self.fit_time_ = time.perf_counter() - t0
@@ -148,4 +151,5 @@ def soup_from_checkpoints(paths, weights=None):
     template = Finetuner.load(paths[0])
     # keys and shapes are checked file by file while streaming; a bad file is named in the error
     template.model_.load_state_dict(W.uniform_from_files(list(paths), weights))
+    template.frozen_backbone_ = False  # new weights: predict through the model, not the pretrained feature cache
     return template
