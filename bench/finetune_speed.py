@@ -116,7 +116,7 @@ ROWS = {  # name -> (runner, kwargs, every seed?)
     "tunefuse_fp32": (tunefuse_fit, {"precision": "fp32"}, False),  # what bf16 autocast buys
     "tunefuse_dropout_0.1": (tunefuse_fit, {"dropout": None}, False),  # the backbone's dropout: what 0 buys
     "tunefuse_sdpa": (tunefuse_fit, {"config_overrides": {"attn_implementation": "sdpa"}}, False),  # eager vs fused
-    "tunefuse_no_micro_batches": (tunefuse_fit, {"micro_batch_overhead": 10**9}, False),  # one padded batch
+    "tunefuse_micro_batches_256": (tunefuse_fit, {"micro_batch_overhead": 256}, False),  # split batches by length
 }
 
 

@@ -21,9 +21,10 @@ from .strategies import get_strategy
 from .train import LoopConfig, LoopState, linear_schedule, make_optimizer, param_groups, train_loop
 
 FORMAT = "tunefuse.finetuner/1"
-# Per-forward fixed cost in token-equivalents, used to cut a batch into length-sorted micro-batches: measured on a
-# 2-core CPU with MiniLM-L6 (bench/finetune_speed.py): below ~200 the extra forwards cost more than the padding saved.
-MICRO_BATCH_OVERHEAD = 256
+# Per-forward fixed cost in token-equivalents, used to cut a batch into length-sorted micro-batches. Measured with
+# MiniLM-L6 on 2 CPU cores (bench/finetune_speed.py, row tunefuse_micro_batches_256): at batch 16 the smaller
+# matmuls cost more than the padding they save, so only large batches of very uneven lengths are split.
+MICRO_BATCH_OVERHEAD = 4096
 HEAD_INIT_SEED = 0
 PREDICT_TOKENS = 8192  # tokens per inference batch: large enough to keep the matmuls efficient, small in memory
 # Config names of dropout across architectures: BERT, DistilBERT, GPT-2, Llama (hidden, attention, embeddings).
