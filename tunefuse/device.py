@@ -48,6 +48,6 @@ def autocast(device: torch.device, precision: str):
 
 
 def attention_implementation(device: torch.device) -> str:
-    """'eager' on CPU: PyTorch's CPU flash-attention backward measured 25 ms a call against 2 ms forward, so eager
-    attention trains 20% faster (bench/finetune_speed.py); 'sdpa' (fused kernels) on accelerators."""
+    """'eager' on CPU, where PyTorch's fused attention backward is slow for short sequences (bench/finetune_speed.py,
+    row tunefuse_sdpa: 1.7x slower); 'sdpa' (fused kernels) on accelerators."""
     return "sdpa" if device.type == "cuda" else "eager"
