@@ -172,11 +172,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         if w.shape != (len(texts),) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
             raise ValueError(f"sample_weight must be {len(texts)} finite non-negative numbers with a positive sum; "
                              f"got shape {w.shape}; fix: pass one weight per row, or None")
-        val = None
-        if X_val is not None:
-            val_texts = as_texts(X_val, "X_val")
-            val = (val_texts, self._encode(as_labels(y_val, len(val_texts), "y_val"), "y_val"))
-        self._fit_targets(texts, y_idx, w, val)
+        self._fit_targets(texts, y_idx, w, self._validation(X_val, y_val))
         self.fit_time_ = time.perf_counter() - t0
         return self
 
@@ -190,13 +186,15 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         if proba.shape != (len(texts), len(self.classes_)) or not np.allclose(proba.sum(1), 1, atol=1e-3):
             raise ValueError(f"proba has shape {proba.shape}; fix: pass one probability row per text over "
                              f"{len(self.classes_)} classes, each row summing to 1 (e.g. teacher.predict_proba(X))")
-        val = None
-        if X_val is not None:
-            val_texts = as_texts(X_val, "X_val")
-            val = (val_texts, self._encode(as_labels(y_val, len(val_texts), "y_val"), "y_val"))
-        self._fit_targets(texts, proba, np.ones(len(texts)), val)
+        self._fit_targets(texts, proba, np.ones(len(texts)), self._validation(X_val, y_val))
         self.fit_time_ = time.perf_counter() - t0
         return self
+
+    def _validation(self, X_val, y_val):
+        if X_val is None:
+            return None
+        texts = as_texts(X_val, "X_val")
+        return texts, self._encode(as_labels(y_val, len(texts), "y_val"), "y_val")
 
     def _fit_targets(self, texts, targets, w, val) -> None:
         """Carve a validation split when early stopping needs one, then train under a private RNG."""
