@@ -264,7 +264,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                val_texts=None, val_feats=None, val_y=None) -> None:
         """Run one training stage (probe, full or LoRA) through the shared loop."""
         groups = param_groups(module, lr, self.weight_decay, self.layer_decay,
-                              head_lr=None, head_names=(head_name, "modules_to_save"))
+                              head_names=(head_name, "modules_to_save"))
         optimizer = make_optimizer(groups)
         steps = epochs * -(-n // self.batch_size)
         scheduler = linear_schedule(optimizer, steps, self.warmup_ratio)

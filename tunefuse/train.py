@@ -43,7 +43,7 @@ class LoopState:
 
 
 def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0,
-                 head_lr: float | None = None, head_names: tuple[str, ...] = ()) -> list[dict]:
+                 head_names: tuple[str, ...] = ()) -> list[dict]:
     """AdamW groups: no decay on biases and norms; layer-wise lr decay (Clark et al., 2020, ELECTRA) by depth."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     depths = [int(m.group(1)) for n, _ in named if (m := re.search(r"\.(?:layer|layers|h|blocks)\.(\d+)\.", n))]
@@ -52,7 +52,7 @@ def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, layer_d
     for n, p in named:
         is_head = any(n.startswith(h) or f".{h}." in f".{n}" for h in head_names)
         if is_head:
-            group_lr = head_lr if head_lr is not None else lr
+            group_lr = lr  # the new head is not layer-decayed
         elif m := re.search(r"\.(?:layer|layers|h|blocks)\.(\d+)\.", n):
             group_lr = lr * layer_decay ** (n_layers - int(m.group(1)))
         elif "embed" in n:
