@@ -105,7 +105,7 @@ def main() -> None:
     soup_ks = sorted({2, *[k for k in ks if k >= 2]})
     with tempfile.TemporaryDirectory() as d:
         for i in range(max(soup_ks)):
-            Finetuner("minilm-l6", "head", verbose=0, random_state=i, probe_epochs=2).fit(X, y).save(
+            Finetuner("minilm-l6", "head", verbose=0, random_state=i).fit(X, y).save(
                 os.path.join(d, f"m{i}"))
         print(f"\n{'soup':10s} {'K':>3s} {'stream MB':>10s} {'naive MB':>9s} {'stream s':>9s}")
         peak = {}

@@ -37,6 +37,7 @@ def test_bad_data(X, y, exc, match):
     (dict(label_smoothing=1.0), r"label_smoothing=1.0 is invalid"),
     (dict(validation_fraction=0.0), r"validation_fraction=0.0 is invalid"),
     (dict(dropout=1.0), r"dropout=1.0 is invalid; fix: pass a float in \[0, 1\) or None"),
+    (dict(pooling="max"), r"pooling='max' is invalid; fix: pass one of \['auto', 'mean', 'native'\]"),
     (dict(precision="fp8"), r"precision='fp8' is not one of \('auto', 'bf16', 'fp32'\)"),
     (dict(early_stopping="sometimes"), r"early_stopping='sometimes' is invalid; fix: pass True, False or 'auto'"),
 ])

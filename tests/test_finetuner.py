@@ -4,7 +4,7 @@ import torch
 from sklearn.base import clone
 
 from tunefuse import STRATEGIES, Finetuner
-from tunefuse.train import param_groups
+from tunefuse.train import PROBE_L2_GRID, param_groups
 
 from .conftest import TINY
 
@@ -74,17 +74,26 @@ def test_layer_decay_and_weight_decay_groups(pretrained):
 
 def test_label_smoothing_makes_predictions_less_confident(reviews):
     X, y, Xt, _ = reviews
-    sharp = Finetuner(strategy="head", epochs=1, probe_epochs=30, **TINY).fit(X, y)
-    smooth = Finetuner(strategy="head", epochs=1, probe_epochs=30, label_smoothing=0.4, **TINY).fit(X, y)
+    sharp = Finetuner(strategy="head", probe_l2=1e-4, **TINY).fit(X, y)
+    smooth = Finetuner(strategy="head", probe_l2=1e-4, label_smoothing=0.4, **TINY).fit(X, y)
     assert smooth.predict_proba(Xt).max(1).mean() < sharp.predict_proba(Xt).max(1).mean()
 
 
 def test_early_stopping_restores_best_epoch(reviews):
     X, y, Xt, yt = reviews
-    clf = Finetuner(strategy="head", probe_epochs=15, head_lr=0.05, patience=2, **TINY).fit(X, y, X_val=Xt, y_val=yt)
+    clf = Finetuner(epochs=6, lr=3e-4, patience=2, **TINY).fit(X, y, X_val=Xt, y_val=yt)
     scores = [h["val_score"] for h in clf.history_]
-    assert len(scores) <= 15
+    assert len(scores) <= 6
     assert clf.score(Xt, yt) == pytest.approx(max(scores))
+
+
+def test_probe_picks_its_l2_on_validation_and_beats_the_majority(reviews):
+    X, y, Xt, yt = reviews
+    clf = Finetuner(strategy="head", **TINY).fit(X, y, X_val=Xt, y_val=yt)
+    probes = [h for h in clf.history_ if h["stage"] == "probe"]
+    assert [h["l2"] for h in probes] == list(PROBE_L2_GRID)
+    assert clf.probe_l2_ == min(probes, key=lambda h: h["val_loss"])["l2"]
+    assert clf.score(Xt, yt) > max(yt.mean(), 1 - yt.mean())  # the probe learns more than the majority class
 
 
 def test_validation_split_is_carved_when_none_given(reviews):
@@ -98,7 +107,7 @@ def test_validation_split_is_carved_when_none_given(reviews):
 def test_sample_weight_weighs_the_loss(reviews):
     X, y, Xt, _ = reviews
     only_negatives = np.where(y == 0, 1.0, 0.0)
-    clf = Finetuner(strategy="head", probe_epochs=20, **TINY).fit(X, y, sample_weight=only_negatives)
+    clf = Finetuner(strategy="head", **TINY).fit(X, y, sample_weight=only_negatives)
     assert (clf.predict(Xt) == 0).mean() > 0.9
 
 
@@ -128,3 +137,28 @@ def test_string_labels_and_clone(reviews):
     assert list(fitted.classes_) == ["neg", "pos"]
     assert set(fitted.predict(Xt)) <= {"neg", "pos"}
     assert clone(fitted).get_params() == clf.get_params() and not hasattr(clone(fitted), "model_")
+
+
+def test_pooling_auto_follows_the_sentence_transformers_config(fitted, reviews):
+    _, _, Xt, _ = reviews
+    # all-MiniLM-L6-v2 declares mean pooling (1_Pooling/config.json), so every strategy's head reads the mean
+    assert {clf.pooling_ for clf in fitted.values()} == {"mean"}
+    head = fitted["head"]
+    feats = head._head_inputs(list(Xt["text"][:4]))
+    enc = head.tokenizer_(list(Xt["text"][:4]), padding=True, truncation=True, max_length=head.max_length_,
+                          return_tensors="pt")
+    with torch.inference_mode():
+        hidden = head.model_.bert(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    np.testing.assert_allclose(feats, ((hidden * mask).sum(1) / mask.sum(1)).numpy(), atol=2e-2)
+
+
+def test_native_pooling_feeds_bert_pooler(reviews):
+    X, y, Xt, _ = reviews
+    native = Finetuner(strategy="head", pooling="native", **TINY).fit(X, y)
+    assert native.pooling_ == "native"
+    texts = list(Xt["text"][:4])
+    enc = native.tokenizer_(texts, padding=True, truncation=True, max_length=native.max_length_, return_tensors="pt")
+    with torch.inference_mode():
+        pooled = native.model_.bert(**enc).pooler_output
+    np.testing.assert_allclose(native._head_inputs(texts), pooled.numpy(), atol=2e-2)

@@ -11,7 +11,7 @@ from .conftest import TINY
 
 
 def head(**kw):
-    return Finetuner(strategy="head", probe_epochs=5, **TINY, **kw)
+    return Finetuner(strategy="head", **TINY, **kw)
 
 
 @pytest.fixture(params=["array", "dataframe"])
@@ -30,7 +30,7 @@ def test_cross_val_score_with_full_finetuning(data):
 
 def test_stacking(data):
     X, y, Xt, yt = data
-    stack = StackingClassifier([("a", head(random_state=0)), ("b", head(random_state=1, head_lr=3e-3))],
+    stack = StackingClassifier([("a", head(random_state=0)), ("b", head(random_state=1, probe_l2=1e-2))],
                                final_estimator=LogisticRegression(), cv=2).fit(X, y)
     assert stack.predict_proba(Xt).shape == (len(Xt), 2)
     assert 0 <= stack.score(Xt, yt) <= 1

@@ -18,7 +18,8 @@ from .checkpoint import atomic_folder, read_json, write_json
 from .data import as_labels, as_texts, collate, predict_batches, split_by_length, tokenize
 from .device import attention_implementation, autocast, pick_device, resolve_precision
 from .strategies import get_strategy
-from .train import LoopConfig, LoopState, linear_schedule, make_optimizer, param_groups, train_loop
+from .train import (PROBE_L2_GRID, LoopConfig, LoopState, fit_linear_probe, linear_schedule, make_optimizer,
+                    param_groups, train_loop)
 
 FORMAT = "tunefuse.finetuner/1"
 # Per-forward fixed cost in token-equivalents, used to cut a batch into length-sorted micro-batches. Measured with
@@ -26,6 +27,7 @@ FORMAT = "tunefuse.finetuner/1"
 # matmuls cost more than the padding they save, so only large batches of very uneven lengths are split.
 MICRO_BATCH_OVERHEAD = 4096
 HEAD_INIT_SEED = 0
+POOLINGS = ("auto", "mean", "native")
 PREDICT_TOKENS = 8192  # tokens per inference batch: large enough to keep the matmuls efficient, small in memory
 # Config names of dropout across architectures: BERT, DistilBERT, GPT-2, Llama (hidden, attention, embeddings).
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
@@ -54,6 +56,24 @@ def head_module(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
     raise ValueError(f"{type(model).__name__} has no 'classifier' or 'score' head; use strategy='full'")
 
 
+def resolve_pooling(pooling: str, source: str, model: torch.nn.Module) -> str:
+    """'mean' or 'native' for ``model`` loaded from ``source``; 'auto' follows the sentence-transformers config."""
+    try:
+        head = head_module(model)[1]
+    except ValueError:
+        head = None
+    mean_ok = isinstance(head, torch.nn.Linear) and head.in_features == model.config.hidden_size and hasattr(
+        model, "base_model_prefix")
+    if pooling == "auto":
+        path = Path(source) / "1_Pooling" / "config.json"
+        declared = json.loads(path.read_text()) if path.is_file() else {}
+        return "mean" if declared.get("pooling_mode_mean_tokens") and mean_ok else "native"
+    if pooling == "mean" and not mean_ok:
+        raise ValueError(f"pooling='mean' needs a linear head on the hidden states; {type(model).__name__} has "
+                         f"{type(head).__name__ if head is not None else 'no head'}; fix: pass pooling='native'")
+    return pooling
+
+
 class Finetuner(ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained backbone on labelled texts; a scikit-learn classifier (clone, stack, bag, boost it).
 
@@ -66,12 +86,12 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, backbone: str = "minilm-l6", strategy: str = "full", *, epochs: int = 3,
-                 batch_size: int = 16, lr: float | None = None, head_lr: float = 1e-3, probe_epochs: int = 20,
+                 batch_size: int = 16, lr: float | None = None, probe_l2: float | None = None,
                  weight_decay: float = 0.01, l2sp: float = 0.0, layer_decay: float = 1.0,
                  label_smoothing: float = 0.0, warmup_ratio: float = 0.06, max_grad_norm: float | None = 1.0,
                  early_stopping: bool | str = "auto", validation_fraction: float = 0.1, patience: int = 2,
                  max_length: int | None = None, lora_r: int = 8, lora_alpha: int = 16,
-                 freeze_embeddings: bool = False, dropout: float | None = 0.0,
+                 freeze_embeddings: bool = False, dropout: float | None = 0.0, pooling: str = "auto",
                  precision: str = "auto", device: str = "auto",
                  config_overrides: dict | None = None, trust_remote_code: bool = False,
                  random_state: int = 0, verbose: int = 1):
@@ -80,8 +100,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr  # None: the strategy's default (5e-5 full, 5e-4 LoRA, 1e-3 head)
-        self.head_lr = head_lr  # learning rate of the linear-probe stage (head and lp-ft)
-        self.probe_epochs = probe_epochs  # probe epochs are cheap: they run on cached backbone features
+        # L2 strength of the linear probe (head and lp-ft's first stage); None: picked on validation from a grid
+        self.probe_l2 = probe_l2
         self.weight_decay = weight_decay
         self.l2sp = l2sp
         self.layer_decay = layer_decay
@@ -99,6 +119,11 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         # tunefuse_dropout_0.1 of bench/finetune_speed.py) and the short fine-tunes measured there lose no accuracy.
         # None keeps the backbone's own (0.1 for BERT); raise it for long runs on little data.
         self.dropout = dropout
+        # What the head reads: "mean" (attention-masked mean of the last hidden states: what sentence-transformers
+        # checkpoints such as all-MiniLM-L6-v2 were trained for), "native" (the architecture's own head input: BERT's
+        # pooled [CLS], a decoder's last token) or "auto" (the checkpoint's sentence-transformers pooling if it
+        # declares one, else native).
+        self.pooling = pooling
         self.precision = precision
         self.device = device
         self.config_overrides = config_overrides  # e.g. {"num_hidden_layers": 2}: loads the first 2 pretrained layers
@@ -112,8 +137,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         checks = [("epochs", self.epochs, self.epochs >= 1, "an int >= 1"),
                   ("batch_size", self.batch_size, self.batch_size >= 1, "an int >= 1"),
                   ("lr", self.lr, self.lr is None or self.lr > 0, "a float > 0 or None"),
-                  ("head_lr", self.head_lr, self.head_lr > 0, "a float > 0"),
-                  ("probe_epochs", self.probe_epochs, self.probe_epochs >= 1, "an int >= 1"),
+                  ("probe_l2", self.probe_l2, self.probe_l2 is None or self.probe_l2 >= 0, "a float >= 0 or None"),
                   ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a float >= 0"),
                   ("l2sp", self.l2sp, self.l2sp >= 0, "a float >= 0"),
                   ("layer_decay", self.layer_decay, 0 < self.layer_decay <= 1, "a float in (0, 1]"),
@@ -126,6 +150,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                    "True, False or 'auto'"),
                   ("dropout", self.dropout, self.dropout is None or 0 <= self.dropout < 1,
                    "a float in [0, 1) or None"),
+                  ("pooling", self.pooling, self.pooling in POOLINGS, f"one of {list(POOLINGS)}"),
                   ("max_length", self.max_length, self.max_length is None or self.max_length >= 8, "an int >= 8")]
         for name, value, ok, valid in checks:
             if not ok:
@@ -155,6 +180,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             tokenizer.pad_token = tokenizer.eos_token
             model.config.pad_token_id = tokenizer.pad_token_id
         max_length = self.max_length or (entry.max_length if entry else 128)
+        self.pooling_ = resolve_pooling(self.pooling, source, model)
         return model, tokenizer, max_length, source
 
     # ------------------------------------------------------------------ fit
@@ -228,12 +254,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                                                                                    device=self.device_)
         head_name, head = head_module(model)
         if strategy.probe:  # stage 1: linear probe on frozen features, computed once and shared between members
-            feats = torch.as_tensor(self._features(texts), device=self.device_)
-            val_feats = torch.as_tensor(self._features(val_texts), device=self.device_) if val_texts else None
-            lr = self.head_lr if strategy.tune else (self.lr or strategy.lr)
-            self._stage(head, list(head.parameters()), lambda b: iter([(b, head(feats[b]))]), len(texts), y_t, w_t,
-                        val_feats=val_feats, val_y=val_y, epochs=self.probe_epochs, lr=lr, stop=stop,
-                        stage="probe", head_name=head_name)
+            self._probe(head, self._features(texts), y_t, w_t, val_texts, val_y)
         if strategy.tune:
             if strategy.tune == "lora":
                 self.model_ = self._with_lora(self.model_)
@@ -250,7 +271,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                     rows = batch[chunk]
                     inputs = {k: v.to(self.device_) for k, v in collate([ids[i] for i in rows], pad).items()}
                     with autocast(self.device_, self.precision_):
-                        yield rows, self.model_(**inputs).logits
+                        yield rows, self._logits(inputs)
 
             params = [p for p in self.model_.parameters() if p.requires_grad]
             self._stage(self.model_, params, forward, len(texts), y_t, w_t, val_texts=val_texts, val_y=val_y,
@@ -260,8 +281,37 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 self.model_ = self.model_.merge_and_unload()
         self.model_.eval().requires_grad_(False)
 
+    def _probe(self, head, feats, y_t, w_t, val_texts, val_y) -> None:
+        """Fit the head on cached frozen features by L-BFGS; the L2 strength is picked by validation log-loss."""
+        if not isinstance(head, torch.nn.Linear):
+            raise ValueError(f"strategy={self.strategy!r} needs a linear head; {type(head).__name__} is not one; "
+                             "fix: use strategy='full' or 'lora'")
+        x = torch.as_tensor(feats, device=self.device_)
+        grid = [self.probe_l2] if self.probe_l2 is not None else (list(PROBE_L2_GRID) if val_y is not None else
+                                                                   [1.0 / len(x)])  # sklearn's default C=1
+        init = {k: v.clone() for k, v in head.state_dict().items()}
+        val_x = torch.as_tensor(self._features(val_texts), device=self.device_) if val_y is not None else None
+        best = (np.inf, None, None)  # (validation log-loss, l2, head weights)
+        for i, l2 in enumerate(grid):
+            head.load_state_dict(init)
+            t0 = time.perf_counter()
+            record = {"epoch": i + 1, "stage": "probe", "l2": l2,
+                      "train_loss": fit_linear_probe(head, x, y_t, w_t, l2, self.label_smoothing)}
+            if val_x is not None:
+                with torch.inference_mode():
+                    proba = torch.softmax(head(val_x).float(), -1).cpu().numpy()
+                p_true = np.clip(proba[np.arange(len(val_y)), val_y], 1e-12, 1)
+                record.update(val_loss=float(-np.log(p_true).mean()), val_score=float((proba.argmax(1) == val_y
+                                                                                      ).mean()))
+            record["time_s"] = time.perf_counter() - t0
+            self.history_.append(record)
+            if best[1] is None or record.get("val_loss", np.inf) < best[0]:
+                best = (record.get("val_loss", np.inf), l2, {k: v.clone() for k, v in head.state_dict().items()})
+        self.probe_l2_ = best[1]
+        head.load_state_dict(best[2])
+
     def _stage(self, module, params, forward, n, y_t, w_t, *, epochs, lr, stop, stage, head_name,
-               val_texts=None, val_feats=None, val_y=None) -> None:
+               val_texts=None, val_y=None) -> None:
         """Run one training stage (probe, full or LoRA) through the shared loop."""
         groups = param_groups(module, lr, self.weight_decay, self.layer_decay,
                               head_names=(head_name, "modules_to_save"))
@@ -272,7 +322,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                          max_grad_norm=self.max_grad_norm, l2sp=self.l2sp,
                          patience=self.patience if stop else None, seed=self.random_state)
         anchor = None
-        if self.l2sp > 0 and stage != "probe":  # L2-SP anchors the pretrained backbone; the new head has no anchor
+        if self.l2sp > 0:  # L2-SP anchors the pretrained backbone; the new head has no anchor
             head_ids = {id(p) for p in head_module(self.model_)[1].parameters()}
             anchor = {id(p): p.detach().clone() for p in params if id(p) not in head_ids}
         best: dict[str, torch.Tensor] = {}
@@ -281,11 +331,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         def evaluate() -> dict:
             if val_y is None:
                 return {}
-            if val_feats is not None:
-                with torch.inference_mode():
-                    proba = torch.softmax(module(val_feats).float(), -1).cpu().numpy()
-            else:
-                proba = self._proba(as_texts(val_texts, "X_val"))
+            proba = self._proba(as_texts(val_texts, "X_val"))
             p_true = np.clip(proba[np.arange(len(val_y)), val_y], 1e-12, 1)
             return {"val_loss": float(-np.log(p_true).mean()),
                     "val_score": float((proba.argmax(1) == val_y).mean())}
@@ -319,35 +365,48 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         """Head inputs of the frozen pretrained backbone, cached per text and shared by every member with the same
         backbone (a bag of head-only members pays for one backbone pass, not one per member)."""
         key = (self.source_, json.dumps(self.config_overrides or {}, sort_keys=True), self.max_length_,
-               self.precision_)
+               self.precision_, self.pooling_)
         return features.cached(key, texts, lambda missing: self._head_inputs(missing))
 
     def _head_inputs(self, texts: list[str]) -> np.ndarray:
         captured: list[torch.Tensor] = []
-        hook = head_module(self.model_)[1].register_forward_pre_hook(lambda m, a: captured.append(a[0].float()))
-        try:
-            self._forward_logits(texts)
+        hook = head_module(self.model_)[1].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+        try:  # the hook sees the head's input batch by batch; _forward_rows puts the rows back in input order
+            out = self._forward_rows(texts, lambda inputs: (self._logits(inputs), captured.pop())[1])
         finally:
             hook.remove()
-        out = torch.cat(captured)
         if out.ndim != 2:
             raise ValueError(f"the head of {type(self.model_).__name__} takes {out.ndim}-D input; feature caching "
                              "needs 2-D: use strategy='full' or 'lora'")
-        return out.cpu().numpy()
+        return out.numpy()
 
     def _forward_logits(self, texts: list[str]) -> torch.Tensor:
-        """Logits in the input order; batches are length-sorted so little is spent on padding."""
-        model = self.model_
-        model.eval()
+        return self._forward_rows(texts, self._logits)
+
+    def _forward_rows(self, texts: list[str], fn) -> torch.Tensor:
+        """``fn(inputs)`` over length-sorted batches (little padding), returned in the order of ``texts``."""
+        self.model_.eval()
         ids = tokenize(self.tokenizer_, texts, self.max_length_)
         lengths = np.array([len(x) for x in ids])
-        out = torch.empty((len(ids), model.config.num_labels))
+        out = None
         with torch.inference_mode(), autocast(self.device_, self.precision_):
             for rows in predict_batches(lengths, PREDICT_TOKENS):
                 inputs = collate([ids[i] for i in rows], self.tokenizer_.pad_token_id)
-                out[torch.as_tensor(rows)] = model(**{k: v.to(self.device_) for k, v in inputs.items()}
-                                                   ).logits.float().cpu()
+                batch = fn({k: v.to(self.device_) for k, v in inputs.items()}).float().cpu()
+                if out is None:
+                    out = torch.empty((len(ids), *batch.shape[1:]))
+                out[torch.as_tensor(rows)] = batch
         return out
+
+    def _logits(self, inputs: dict) -> torch.Tensor:
+        """The model's logits; with mean pooling the head reads the masked mean of the last hidden states."""
+        if self.pooling_ != "mean":
+            return self.model_(**inputs).logits
+        model = self.model_.get_base_model() if hasattr(self.model_, "get_base_model") else self.model_  # peft
+        hidden = getattr(model, model.base_model_prefix)(**inputs).last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return head_module(model)[1](getattr(model, "dropout", torch.nn.Identity())(pooled))
 
     def _proba(self, texts: list[str]) -> np.ndarray:
         if self.frozen_backbone_:  # the backbone is the pretrained one: reuse the shared feature cache
@@ -394,13 +453,15 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         self.model_.config.id2label = {i: str(c) for i, c in enumerate(self.classes_)}
         self.model_.config.label2id = {str(c): i for i, c in enumerate(self.classes_)}
+        self.model_.config.tunefuse_pooling = self.pooling_  # tells a reader of config.json what the head reads
         with atomic_folder(path) as tmp, quiet_transformers():
             self.model_.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer_.save_pretrained(tmp)
             write_json(tmp / "tunefuse.json", {
                 "format": FORMAT, "params": self.get_params(), "classes": self.classes_.tolist(),
                 "classes_dtype": self.classes_.dtype.str, "max_length": self.max_length_,
-                "history": self.history_, "fit_time_s": self.fit_time_, "frozen_backbone": self.frozen_backbone_})
+                "history": self.history_, "fit_time_s": self.fit_time_, "frozen_backbone": self.frozen_backbone_,
+                "pooling": self.pooling_})
         return Path(path)
 
     @classmethod
@@ -431,4 +492,5 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         est.classes_, est.max_length_, est.history_ = classes, meta["max_length"], meta["history"]
         est.fit_time_, est.source_ = meta.get("fit_time_s", float("nan")), resolve_backbone(est.backbone)[0]
         est.frozen_backbone_ = bool(meta.get("frozen_backbone", False))
+        est.pooling_ = meta.get("pooling", "native")
         return est

@@ -9,7 +9,8 @@ class Strategy:
     name: str
     probe: bool  # stage 1: train the new head alone on frozen (cached) backbone features
     tune: str | None  # stage 2: "full" (every weight), "lora" (low-rank adapters + head) or None (stop after stage 1)
-    lr: float  # default learning rate of the last stage: adapters and probes want ~10x what full fine-tuning does
+    lr: float | None  # default learning rate of stage 2: adapters want ~10x what full fine-tuning does; the probe
+    # (stage 1) is solved by L-BFGS and has none
     paper: str
 
 
@@ -23,7 +24,7 @@ def _register(s: Strategy) -> None:
 
 
 _register(Strategy("full", probe=False, tune="full", lr=5e-5, paper="Devlin et al., 2019 (BERT fine-tuning)"))
-_register(Strategy("head", probe=True, tune=None, lr=1e-3, paper="linear probe on frozen features"))
+_register(Strategy("head", probe=True, tune=None, lr=None, paper="linear probe on frozen features"))
 _register(Strategy("lp-ft", probe=True, tune="full", lr=3e-5,
                    paper="Kumar et al., 2022, Fine-Tuning can Distort Pretrained Features (LP-FT)"))
 _register(Strategy("lora", probe=False, tune="lora", lr=5e-4, paper="Hu et al., 2022, LoRA (via peft)"))

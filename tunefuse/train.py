@@ -131,3 +131,32 @@ def train_loop(forward: Forward, n: int, y: torch.Tensor, w: torch.Tensor, param
                 break
     bar.close()
     return state
+
+
+PROBE_L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # per-example L2 strengths tried on validation
+
+
+def fit_linear_probe(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float,
+                     label_smoothing: float = 0.0, max_iter: int = 100) -> float:
+    """Fit ``head`` on frozen features ``x`` by full-batch L-BFGS on Σ w_i·CE / Σ w_i + l2/2·||W||², in place.
+
+    A linear probe is a convex problem: L-BFGS solves it in a few dozen iterations with no learning rate to tune
+    (Kumar et al., 2022 fit LP-FT's probe and Radford et al., 2021 CLIP's probes the same way, with scikit-learn's
+    LogisticRegression). Written here rather than calling scikit-learn because the targets may be soft (distillation),
+    the loss must match the fine-tuning one (label smoothing, sample weights) and the result lives in a torch head.
+    Returns the final training loss.
+    """
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+    total_w = w.sum()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        ce = F.cross_entropy(head(x).float(), y, reduction="none", label_smoothing=label_smoothing)
+        loss = (ce * w).sum() / total_w + 0.5 * l2 * head.weight.float().square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+        return float(closure().detach())
