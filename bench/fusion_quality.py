@@ -2,7 +2,7 @@
 
 2,000 labelled reviews (Rating >= 4): members train on 1,600 and every fusion fits its weights, meta-learner, soup
 order, alpha or scale on the other 400 (validation). Test: the last 4,000 reviews. The best fusion and the best
-member are both chosen by validation score, never by test score.
+member are both chosen by validation score (ties: validation log-loss), never by test score.
 
     python bench/fusion_quality.py                       # about 40 minutes on 2 cores
     python bench/fusion_quality.py --train 400 --test 400 --epochs 1   # a quick look
@@ -27,6 +27,7 @@ from tunefuse.datasets import load_reviews  # noqa: E402
 from tunefuse.demo import tfidf_logreg  # noqa: E402
 from tunefuse.fusion import (Bagging, Boosting, Distillation, EnsembleSelection, Stacking, Voting,  # noqa: E402
                              WeightFusion, format_leaderboard, leaderboard)
+from tunefuse.fusion.leaderboard import sort_leaderboard  # noqa: E402
 from tunefuse.fusion.members import cached  # noqa: E402
 
 
@@ -109,28 +110,29 @@ def main() -> None:
     models = {**dict(members), "tfidf_logreg": cached([("t", tfidf)])[0][1], **fusions}
     board = leaderboard(models, Xva, yva, Xt, yt)
     member_rows = board[board["model"].isin(fitted)]
-    best_member = member_rows.iloc[0]  # sorted by validation score
+    best_member = member_rows.iloc[0]  # sorted by validation score, ties by validation log-loss
     fusion_rows = board[~board["model"].isin(list(fitted) + ["tfidf_logreg"])]
     best_fusion = fusion_rows.iloc[0]
 
-    # Distillation of the best fusion into one student, on the labelled rows plus unlabelled reviews.
-    teacher = fusions[best_fusion["model"]]
-    student = Distillation(teacher, Finetuner("minilm-l6", epochs=args.epochs, verbose=0),
+    # Distillation of the best output-space fusion (the one whose inference cost is K models; a soup already costs
+    # one) into one LP-FT student, on its soft labels for the labelled rows plus unlabelled reviews.
+    teacher_name = fusion_rows[fusion_rows["kind"] != "WeightFusion"].iloc[0]["model"]
+    student = Distillation(fusions[teacher_name], Finetuner("minilm-l6", "lp-ft", epochs=args.epochs, verbose=0),
                            X_unlabeled=X_unlabeled).fit(Xtr, ytr, X_val=Xva, y_val=yva)
+    print(f"  distilled {teacher_name} into one LP-FT student", flush=True)
     extra = {"distilled_student": student}
     if not args.skip_hf:
         extra["hf_trainer_default"] = hf_trainer_row(X, y)
-    board = pd.concat([board, leaderboard(extra, Xva, yva, Xt, yt)]).sort_values(
-        "val_score", ascending=False, kind="stable").reset_index(drop=True)
+    board = sort_leaderboard(pd.concat([board, leaderboard(extra, Xva, yva, Xt, yt)]))
     print("\n" + format_leaderboard(board))
 
     soup = board.set_index("model").loc[["uniform_soup", "greedy_soup", "greedy_soup_all"]]
-    soup_best = soup.sort_values("val_score", ascending=False).iloc[0]
+    soup_best = soup.sort_values(["val_score", "val_loss"], ascending=[False, True]).iloc[0]
     distilled = board.set_index("model").loc["distilled_student", "test_score"]
     lift = best_fusion["test_score"] - best_member["test_score"]
     kept = (distilled - best_member["test_score"]) / lift if lift > 0 else float("nan")
     print(f"\nbest member by validation: {best_member['model']}; best fusion by validation: {best_fusion['model']}; "
-          f"soup row: {soup_best.name}; the student keeps {100 * kept:.0f}% of the lift")
+          f"soup row: {soup_best.name}; teacher of the student: {teacher_name}; the student keeps {100 * kept:.0f}% of the lift")
     print(f"best_fusion={best_fusion['model']} acc={best_fusion['test_score']:.4f} "
           f"best_member_acc={best_member['test_score']:.4f} lift_pt={100 * lift:.2f} "
           f"soup_acc={soup_best['test_score']:.4f} distilled_acc={distilled:.4f}")

@@ -121,3 +121,13 @@ def test_leaderboard_lists_members_and_fusions(members, reviews):
     table = leaderboard(models, Xt, yt, Xt, yt)
     assert set(table["model"]) == set(models)
     assert table.loc[table["model"] == "soup", "size_mb"].iloc[0] > 1
+
+
+def test_leaderboard_times_frozen_backbone_models_cold(reviews):
+    X, y, Xt, yt = reviews
+    bag = Bagging(Finetuner(strategy="head", **TINY), n_estimators=3).fit(X, y)
+    bag.predict(Xt)  # warms the shared feature cache
+    before = features.stats["computed"]
+    leaderboard({"bag": bag}, Xt, yt, Xt, yt)
+    # the timed calls paid the backbone pass (once per call, shared by the 3 heads), not a cache lookup
+    assert features.stats["computed"] - before == 2 * len(set(Xt["text"]))

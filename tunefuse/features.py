@@ -28,6 +28,7 @@ def cached(key: Hashable, texts: Sequence[str], compute: Callable[[list[str]], n
     return np.stack([table[t] for t in texts])
 
 
-def clear() -> None:
+def clear(keep_stats: bool = False) -> None:
     _CACHE.clear()
-    stats.update(computed=0, reused=0)
+    if not keep_stats:
+        stats.update(computed=0, reused=0)
