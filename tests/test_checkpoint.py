@@ -30,6 +30,17 @@ def test_transformers_opens_the_checkpoint(fitted, tmp_path):
     fitted.save(tmp_path / "ckpt")
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ckpt")
     assert model.config.id2label == {0: "neg", 1: "pos"}
+    assert model.config.tunefuse_pooling == fitted.pooling_ == "mean"  # says what the head reads
+
+
+def test_checkpoint_from_before_pooling_loads_with_native_pooling(fitted, tmp_path):
+    path = fitted.save(tmp_path / "old")
+    meta = json.loads((path / "tunefuse.json").read_text())
+    del meta["pooling"]
+    meta["params"].update(head_lr=1e-3, probe_epochs=20)  # parameters of that version, since retired
+    (path / "tunefuse.json").write_text(json.dumps(meta))
+    old = Finetuner.load(path)
+    assert old.pooling_ == old.pooling == "native" and "head_lr" not in old.get_params()
 
 
 def test_save_is_atomic(fitted, tmp_path, monkeypatch):

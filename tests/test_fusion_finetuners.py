@@ -131,3 +131,14 @@ def test_leaderboard_times_frozen_backbone_models_cold(reviews):
     leaderboard({"bag": bag}, Xt, yt, Xt, yt)
     # the timed calls paid the backbone pass (once per call, shared by the 3 heads), not a cache lookup
     assert features.stats["computed"] - before == 2 * len(set(Xt["text"]))
+    after = features.stats["computed"]
+    bag.predict(Xt)  # ... and the cache the user had is back
+    assert features.stats["computed"] == after
+
+
+def test_soups_refuse_members_with_different_pooling(reviews):
+    X, y, Xt, yt = reviews
+    mean = Finetuner(strategy="head", **TINY).fit(X, y)
+    native = Finetuner(strategy="head", pooling="native", **TINY).fit(X, y)
+    with pytest.raises(ValueError, match=r"members 'a' and 'b' read different pooled features \('mean' vs 'native'\)"):
+        WeightFusion([("a", mean), ("b", native)], method="uniform_soup").fit(Xt, yt)

@@ -5,8 +5,9 @@ text's features once. Bounded: the oldest backbone's entries go first when the c
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,7 +29,18 @@ def cached(key: Hashable, texts: Sequence[str], compute: Callable[[list[str]], n
     return np.stack([table[t] for t in texts])
 
 
-def clear(keep_stats: bool = False) -> None:
+def clear() -> None:
     _CACHE.clear()
-    if not keep_stats:
-        stats.update(computed=0, reused=0)
+    stats.update(computed=0, reused=0)
+
+
+@contextlib.contextmanager
+def cold() -> Iterator[None]:
+    """Run the block on an empty cache (to time what a fresh process pays), then put the cached features back."""
+    saved = OrderedDict(_CACHE)
+    _CACHE.clear()
+    try:
+        yield
+    finally:
+        _CACHE.clear()
+        _CACHE.update(saved)

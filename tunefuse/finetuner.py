@@ -56,6 +56,12 @@ def head_module(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
     raise ValueError(f"{type(model).__name__} has no 'classifier' or 'score' head; use strategy='full'")
 
 
+def val_metrics(proba: np.ndarray, y: np.ndarray) -> dict:
+    """Validation log-loss and accuracy of class probabilities ``proba`` against label indices ``y``."""
+    p_true = np.clip(proba[np.arange(len(y)), y], 1e-12, 1)
+    return {"val_loss": float(-np.log(p_true).mean()), "val_score": float((proba.argmax(1) == y).mean())}
+
+
 def resolve_pooling(pooling: str, source: str, model: torch.nn.Module) -> str:
     """'mean' or 'native' for ``model`` loaded from ``source``; 'auto' follows the sentence-transformers config."""
     try:
@@ -99,7 +105,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.strategy = strategy
         self.epochs = epochs
         self.batch_size = batch_size
-        self.lr = lr  # None: the strategy's default (5e-5 full, 5e-4 LoRA, 1e-3 head)
+        self.lr = lr  # None: the strategy's default (5e-5 full, 3e-5 LP-FT, 5e-4 LoRA; the probe has no lr)
         # L2 strength of the linear probe (head and lp-ft's first stage); None: picked on validation from a grid
         self.probe_l2 = probe_l2
         self.weight_decay = weight_decay
@@ -180,7 +186,6 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             tokenizer.pad_token = tokenizer.eos_token
             model.config.pad_token_id = tokenizer.pad_token_id
         max_length = self.max_length or (entry.max_length if entry else 128)
-        self.pooling_ = resolve_pooling(self.pooling, source, model)
         return model, tokenizer, max_length, source
 
     # ------------------------------------------------------------------ fit
@@ -245,6 +250,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         # backbone share one pretrained start and can be averaged in weight space (model soups need that).
         torch.manual_seed(HEAD_INIT_SEED)
         model, self.tokenizer_, self.max_length_, self.source_ = self._build(len(self.classes_))
+        self.pooling_ = resolve_pooling(self.pooling, self.source_, model)
         torch.manual_seed(self.random_state)  # dropout masks (data order has its own seeded generator)
         self.model_ = model.to(self.device_)
         self.history_ = []
@@ -254,7 +260,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                                                                                    device=self.device_)
         head_name, head = head_module(model)
         if strategy.probe:  # stage 1: linear probe on frozen features, computed once and shared between members
-            self._probe(head, self._features(texts), y_t, w_t, val_texts, val_y)
+            self._probe(head, texts, y_t, w_t, val_texts, val_y)
         if strategy.tune:
             if strategy.tune == "lora":
                 self.model_ = self._with_lora(self.model_)
@@ -281,12 +287,12 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 self.model_ = self.model_.merge_and_unload()
         self.model_.eval().requires_grad_(False)
 
-    def _probe(self, head, feats, y_t, w_t, val_texts, val_y) -> None:
+    def _probe(self, head, texts, y_t, w_t, val_texts, val_y) -> None:
         """Fit the head on cached frozen features by L-BFGS; the L2 strength is picked by validation log-loss."""
         if not isinstance(head, torch.nn.Linear):
             raise ValueError(f"strategy={self.strategy!r} needs a linear head; {type(head).__name__} is not one; "
-                             "fix: use strategy='full' or 'lora'")
-        x = torch.as_tensor(feats, device=self.device_)
+                             "fix: use strategy='full' or 'lora', or pooling='mean'")
+        x = torch.as_tensor(self._features(texts), device=self.device_)
         grid = [self.probe_l2] if self.probe_l2 is not None else (list(PROBE_L2_GRID) if val_y is not None else
                                                                    [1.0 / len(x)])  # sklearn's default C=1
         init = {k: v.clone() for k, v in head.state_dict().items()}
@@ -300,9 +306,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             if val_x is not None:
                 with torch.inference_mode():
                     proba = torch.softmax(head(val_x).float(), -1).cpu().numpy()
-                p_true = np.clip(proba[np.arange(len(val_y)), val_y], 1e-12, 1)
-                record.update(val_loss=float(-np.log(p_true).mean()), val_score=float((proba.argmax(1) == val_y
-                                                                                      ).mean()))
+                record.update(val_metrics(proba, val_y))
             record["time_s"] = time.perf_counter() - t0
             self.history_.append(record)
             if best[1] is None or record.get("val_loss", np.inf) < best[0]:
@@ -331,10 +335,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         def evaluate() -> dict:
             if val_y is None:
                 return {}
-            proba = self._proba(as_texts(val_texts, "X_val"))
-            p_true = np.clip(proba[np.arange(len(val_y)), val_y], 1e-12, 1)
-            return {"val_loss": float(-np.log(p_true).mean()),
-                    "val_score": float((proba.argmax(1) == val_y).mean())}
+            return val_metrics(self._proba(as_texts(val_texts, "X_val")), val_y)
 
         def snapshot() -> None:
             best.update({k: p.detach().clone() for k, p in trainable})
@@ -371,14 +372,18 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     def _head_inputs(self, texts: list[str]) -> np.ndarray:
         captured: list[torch.Tensor] = []
         hook = head_module(self.model_)[1].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+        def head_input(inputs: dict) -> torch.Tensor:
+            self._logits(inputs)
+            x = captured.pop()
+            if x.ndim != 2:
+                raise ValueError(f"the head of {type(self.model_).__name__} takes {x.ndim}-D input; feature caching "
+                                 "needs one vector per text: use pooling='mean', or strategy='full' or 'lora'")
+            return x
+
         try:  # the hook sees the head's input batch by batch; _forward_rows puts the rows back in input order
-            out = self._forward_rows(texts, lambda inputs: (self._logits(inputs), captured.pop())[1])
+            return self._forward_rows(texts, head_input).numpy()
         finally:
             hook.remove()
-        if out.ndim != 2:
-            raise ValueError(f"the head of {type(self.model_).__name__} takes {out.ndim}-D input; feature caching "
-                             "needs 2-D: use strategy='full' or 'lora'")
-        return out.numpy()
 
     def _forward_logits(self, texts: list[str]) -> torch.Tensor:
         return self._forward_rows(texts, self._logits)
@@ -403,8 +408,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         if self.pooling_ != "mean":
             return self.model_(**inputs).logits
         model = self.model_.get_base_model() if hasattr(self.model_, "get_base_model") else self.model_  # peft
-        hidden = getattr(model, model.base_model_prefix)(**inputs).last_hidden_state
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        hidden = getattr(model, model.base_model_prefix)(**inputs).last_hidden_state.float()  # sum in fp32
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return head_module(model)[1](getattr(model, "dropout", torch.nn.Identity())(pooled))
 
@@ -461,7 +466,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 "format": FORMAT, "params": self.get_params(), "classes": self.classes_.tolist(),
                 "classes_dtype": self.classes_.dtype.str, "max_length": self.max_length_,
                 "history": self.history_, "fit_time_s": self.fit_time_, "frozen_backbone": self.frozen_backbone_,
-                "pooling": self.pooling_})
+                "pooling": self.pooling_, "probe_l2": getattr(self, "probe_l2_", None)})
         return Path(path)
 
     @classmethod
@@ -476,7 +481,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                              "with this version of tunefuse")
         if not (path / "model.safetensors").exists():
             raise ValueError(f"{str(path)!r} has no model.safetensors; the checkpoint is incomplete: save it again")
-        est = cls(**dict(meta["params"], device=device))
+        params = {k: v for k, v in meta["params"].items() if k in cls().get_params()}  # drops retired params
+        if "pooling" not in meta:  # written before pooling existed: the head read the model's own pooled output
+            params["pooling"] = "native"
+        est = cls(**dict(params, device=device))
         classes = np.array(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
         attn = (est.config_overrides or {}).get("attn_implementation", attention_implementation(pick_device(device)))
         with quiet_transformers():
@@ -493,4 +501,6 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         est.fit_time_, est.source_ = meta.get("fit_time_s", float("nan")), resolve_backbone(est.backbone)[0]
         est.frozen_backbone_ = bool(meta.get("frozen_backbone", False))
         est.pooling_ = meta.get("pooling", "native")
+        if meta.get("probe_l2") is not None:
+            est.probe_l2_ = meta["probe_l2"]
         return est

@@ -39,12 +39,16 @@ def write_report(path, board: pd.DataFrame, histories: dict[str, list[dict]],
 
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
         for name, hist in histories.items():
+            # probe records are points of an L2 grid solved by L-BFGS, not epochs: the curves show epochs only
+            hist = [h for h in hist if h.get("stage") != "probe"]
+            if not hist:
+                continue
             steps = np.arange(1, len(hist) + 1)
             a1.plot(steps, [h["train_loss"] for h in hist], marker="o", label=name)
             if any("val_score" in h for h in hist):
                 a2.plot(steps, [h.get("val_score", np.nan) for h in hist], marker="o", label=name)
-        a1.set(title="training loss per epoch", xlabel="epoch (all stages)", ylabel="loss")
-        a2.set(title="validation accuracy per epoch", xlabel="epoch (all stages)", ylabel="accuracy")
+        a1.set(title="training loss per epoch", xlabel="epoch (fine-tuning stages)", ylabel="loss")
+        a2.set(title="validation accuracy per epoch", xlabel="epoch (fine-tuning stages)", ylabel="accuracy")
         a1.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(tmp / "learning_curves.png", dpi=110)

@@ -150,13 +150,17 @@ def fit_linear_probe(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, w:
                             line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
     total_w = w.sum()
 
+    def objective() -> torch.Tensor:
+        ce = F.cross_entropy(head(x).float(), y, reduction="none", label_smoothing=label_smoothing)
+        return (ce * w).sum() / total_w + 0.5 * l2 * head.weight.float().square().sum()
+
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        ce = F.cross_entropy(head(x).float(), y, reduction="none", label_smoothing=label_smoothing)
-        loss = (ce * w).sum() / total_w + 0.5 * l2 * head.weight.float().square().sum()
+        loss = objective()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         opt.step(closure)
-        return float(closure().detach())
+    with torch.no_grad():
+        return float(objective())

@@ -38,6 +38,19 @@ def _replayed_s(model: Any) -> float:
     return sum(getattr(m, "replayed_s", 0.0) for m in members)
 
 
+def _timed_proba(model: Any, X: Any) -> tuple[np.ndarray, float]:
+    with features.cold():
+        t0, r0 = time.perf_counter(), _replayed_s(model)
+        proba = model.predict_proba(X)
+        return proba, time.perf_counter() - t0 + _replayed_s(model) - r0
+
+
+def _log_loss(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
+    if not np.isin(y, classes).all():  # labels the model never saw: no log-loss (accuracy still counts them wrong)
+        return math.nan
+    return float(log_loss(y, np.clip(proba, 1e-15, 1), labels=classes))
+
+
 def _size_mb(model: Any) -> float:
     with tempfile.TemporaryDirectory() as d:
         try:
@@ -83,23 +96,17 @@ def leaderboard(models: Mapping[str, Any], X_val: Any, y_val: Any, X_test: Any =
         # One predict_proba per model and split; the last split's call is the one timed.
         # Replayed member predictions (Cached) count at the time they took to compute: the deployment cost.
         # Timed cold: frozen-backbone models (heads, bags of heads) pay their backbone pass, once per call.
-        features.clear(keep_stats=True)
-        t0, r0 = time.perf_counter(), _replayed_s(model)
-        p_val = model.predict_proba(X_val)
-        t_pred = time.perf_counter() - t0 + _replayed_s(model) - r0
+        p_val, t_pred = _timed_proba(model, X_val)
         test_score = math.nan
         if X_test is not None:
-            features.clear(keep_stats=True)
-            t0, r0 = time.perf_counter(), _replayed_s(model)
-            p_test = model.predict_proba(X_test)
-            t_pred = time.perf_counter() - t0 + _replayed_s(model) - r0
+            p_test, t_pred = _timed_proba(model, X_test)
             test_score = score(np.asarray(y_test), p_test, classes)
         fused = _is_fusion(model)
         rows.append({
             "model": name,
             "kind": type(model).__name__ if fused else "member",
             "val_score": score(np.asarray(y_val), p_val, classes),
-            "val_loss": log_loss(np.asarray(y_val), np.clip(p_val, 1e-15, 1), labels=classes),
+            "val_loss": _log_loss(np.asarray(y_val), p_val, classes),
             "test_score": test_score,
             "fit_time_s": float(getattr(model, "fit_time_", math.nan)),
             "predict_time_s": t_pred,

@@ -59,6 +59,10 @@ def check_fusable(members) -> None:
                              "fusion takes fitted Finetuners only: use output-space fusion (Voting, Stacking) for it")
     first_name, first = members[0]
     for n, m in members[1:]:
+        if getattr(m, "pooling_", None) != getattr(first, "pooling_", None):
+            raise ValueError(f"members {first_name!r} and {n!r} read different pooled features ({first.pooling_!r} "
+                             f"vs {m.pooling_!r}); their heads cannot be averaged: refit them with one pooling, or "
+                             "use output-space fusion (Voting, Stacking)")
         if m.backbone != first.backbone or m.config_overrides != first.config_overrides:
             raise ValueError(f"members {first_name!r} and {n!r} start from different backbones ({first.backbone!r} "
                              f"vs {m.backbone!r}); weights of different pretrained starts cannot be averaged: use "
