@@ -48,7 +48,8 @@ def _timed_proba(model: Any, X: Any) -> tuple[np.ndarray, float]:
 def _log_loss(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
     if not np.isin(y, classes).all():  # labels the model never saw: no log-loss (accuracy still counts them wrong)
         return math.nan
-    return float(log_loss(y, np.clip(proba, 1e-15, 1), labels=classes))
+    proba = np.clip(proba, 1e-15, 1)
+    return float(log_loss(y, proba / proba.sum(1, keepdims=True), labels=classes))  # float32 rows sum to 1 ± 1e-7
 
 
 def _size_mb(model: Any) -> float:
