@@ -126,13 +126,13 @@ def main() -> None:
     board = sort_leaderboard(pd.concat([board, leaderboard(extra, Xva, yva, Xt, yt)]))
     print("\n" + format_leaderboard(board))
 
-    soup = board.set_index("model").loc[["uniform_soup", "greedy_soup", "greedy_soup_all"]]
-    soup_best = soup.sort_values(["val_score", "val_loss"], ascending=[False, True]).iloc[0]
+    soup_best = board[board["model"].isin(["uniform_soup", "greedy_soup", "greedy_soup_all"])].iloc[0]  # board is sorted
     distilled = board.set_index("model").loc["distilled_student", "test_score"]
     lift = best_fusion["test_score"] - best_member["test_score"]
     kept = (distilled - best_member["test_score"]) / lift if lift > 0 else float("nan")
     print(f"\nbest member by validation: {best_member['model']}; best fusion by validation: {best_fusion['model']}; "
-          f"soup row: {soup_best.name}; teacher of the student: {teacher_name}; the student keeps {100 * kept:.0f}% of the lift")
+          f"soup row: {soup_best['model']}; teacher of the student: {teacher_name}; "
+          f"the student keeps {100 * kept:.0f}% of the lift")
     print(f"best_fusion={best_fusion['model']} acc={best_fusion['test_score']:.4f} "
           f"best_member_acc={best_member['test_score']:.4f} lift_pt={100 * lift:.2f} "
           f"soup_acc={soup_best['test_score']:.4f} distilled_acc={distilled:.4f}")

@@ -297,7 +297,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                                                                    [1.0 / len(x)])  # sklearn's default C=1
         init = {k: v.clone() for k, v in head.state_dict().items()}
         val_x = torch.as_tensor(self._features(val_texts), device=self.device_) if val_y is not None else None
-        best = (np.inf, None, None)  # (validation log-loss, l2, head weights)
+        fits = []  # (validation log-loss, l2, head weights) per grid point
         for i, l2 in enumerate(grid):
             head.load_state_dict(init)
             t0 = time.perf_counter()
@@ -309,10 +309,9 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 record.update(val_metrics(proba, val_y))
             record["time_s"] = time.perf_counter() - t0
             self.history_.append(record)
-            if best[1] is None or record.get("val_loss", np.inf) < best[0]:
-                best = (record.get("val_loss", np.inf), l2, {k: v.clone() for k, v in head.state_dict().items()})
-        self.probe_l2_ = best[1]
-        head.load_state_dict(best[2])
+            fits.append((record.get("val_loss", 0.0), l2, {k: v.clone() for k, v in head.state_dict().items()}))
+        _, self.probe_l2_, weights = min(fits, key=lambda f: f[0])  # the first of equal losses, as before
+        head.load_state_dict(weights)
 
     def _stage(self, module, params, forward, n, y_t, w_t, *, epochs, lr, stop, stage, head_name,
                val_texts=None, val_y=None) -> None:
@@ -372,6 +371,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     def _head_inputs(self, texts: list[str]) -> np.ndarray:
         captured: list[torch.Tensor] = []
         hook = head_module(self.model_)[1].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+
         def head_input(inputs: dict) -> torch.Tensor:
             self._logits(inputs)
             x = captured.pop()
@@ -481,7 +481,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                              "with this version of tunefuse")
         if not (path / "model.safetensors").exists():
             raise ValueError(f"{str(path)!r} has no model.safetensors; the checkpoint is incomplete: save it again")
-        params = {k: v for k, v in meta["params"].items() if k in cls().get_params()}  # drops retired params
+        params = {k: v for k, v in meta["params"].items() if k in cls._get_param_names()}  # drops retired params
         if "pooling" not in meta:  # written before pooling existed: the head read the model's own pooled output
             params["pooling"] = "native"
         est = cls(**dict(params, device=device))
