@@ -4,15 +4,20 @@
 order, alpha or scale on the other 400 (validation). Test: the last 4,000 reviews. The best fusion and the best
 member are both chosen by validation score (ties: validation log-loss), never by test score.
 
-    python bench/fusion_quality.py                       # about 40 minutes on 2 cores
+    python bench/fusion_quality.py                       # about an hour on 2 cores; a rerun reuses the members
     python bench/fusion_quality.py --train 400 --test 400 --epochs 1   # a quick look
+
+Fitted members are saved under ``--run-dir`` (safetensors + JSON) and reloaded by a rerun whose member parameters
+and data split match, so changing a fusion does not cost the members again; ``--fresh`` refits them.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,9 +37,9 @@ from tunefuse.fusion.members import cached  # noqa: E402
 
 
 def members_spec(epochs: int) -> dict[str, Finetuner]:
-    """Six fine-tuned members of one backbone: different seeds, learning rates and strategies.
+    """Eight fine-tuned members of one backbone: different seeds, learning rates and strategies.
 
-    The three LP-FT members are the soup recipe (Wortsman et al., 2022 soup a hyper-parameter sweep of one recipe):
+    The five LP-FT members are the soup recipe (Wortsman et al., 2022 soup a hyper-parameter sweep of one recipe):
     they share the pretrained backbone and, because the L-BFGS probe is deterministic, the same probed head, so
     they fine-tune from one start and stay averageable. Full, LoRA and head-only members add diversity for the
     output-space fusions.
@@ -44,6 +49,8 @@ def members_spec(epochs: int) -> dict[str, Finetuner]:
         "lpft_s0_lr3e-5": Finetuner("minilm-l6", "lp-ft", random_state=0, lr=3e-5, **kw),
         "lpft_s1_lr3e-5": Finetuner("minilm-l6", "lp-ft", random_state=1, lr=3e-5, **kw),
         "lpft_s2_lr5e-5": Finetuner("minilm-l6", "lp-ft", random_state=2, lr=5e-5, **kw),
+        "lpft_s6_lr4e-5": Finetuner("minilm-l6", "lp-ft", random_state=6, lr=4e-5, **kw),
+        "lpft_s7_lr3e-5": Finetuner("minilm-l6", "lp-ft", random_state=7, lr=3e-5, **kw),
         "full_s3_lr5e-5": Finetuner("minilm-l6", "full", random_state=3, lr=5e-5, **kw),
         "lora_s4_lr5e-4": Finetuner("minilm-l6", "lora", random_state=4, lr=5e-4, **kw),
         "head_s5": Finetuner("minilm-l6", "head", random_state=5, **kw),
@@ -55,7 +62,10 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--test", type=int, default=4000)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--unlabeled", type=int, default=2000, help="extra unlabelled reviews for the student")
+    ap.add_argument("--unlabeled", type=int, default=8000, help="extra unlabelled reviews for the student")
+    ap.add_argument("--student-epochs", type=int, default=2)
+    ap.add_argument("--run-dir", default="runs/bench_fusion_quality", help="where fitted members are kept")
+    ap.add_argument("--fresh", action="store_true", help="refit the members even if saved ones match")
     ap.add_argument("--skip-hf", action="store_true", help="leave out the Trainer row")
     args = ap.parse_args()
 
@@ -68,9 +78,10 @@ def main() -> None:
           f"majority {max(yt.mean(), 1 - yt.mean()):.4f}", flush=True)
 
     fitted: dict[str, object] = {}
+    run_dir = Path(args.run_dir) / f"train{len(Xtr)}_val{len(Xva)}"
     for name, est in members_spec(args.epochs).items():
-        fitted[name] = est.fit(Xtr, ytr, X_val=Xva, y_val=yva)
-        print(f"  member {name}: {est.fit_time_:.0f} s, val {est.score(Xva, yva):.4f}", flush=True)
+        fitted[name], how = fit_or_load(est, run_dir / "members" / name, args.fresh, Xtr, ytr, Xva, yva)
+        print(f"  member {name}: {how}, fit {fitted[name].fit_time_:.0f} s", flush=True)
     tuned = list(fitted.items())
     recipe = [(n, m) for n, m in tuned if n.startswith("lpft")]  # the soup recipe: one strategy, one probed start
     members = cached(tuned)  # each member predicts validation and test once; fusions replay (and count) it
@@ -117,7 +128,8 @@ def main() -> None:
     # Distillation of the best output-space fusion (the one whose inference cost is K models; a soup already costs
     # one) into one LP-FT student, on its soft labels for the labelled rows plus unlabelled reviews.
     teacher_name = fusion_rows[fusion_rows["kind"] != "WeightFusion"].iloc[0]["model"]
-    student = Distillation(fusions[teacher_name], Finetuner("minilm-l6", "lp-ft", epochs=args.epochs, verbose=0),
+    student = Distillation(fusions[teacher_name],
+                           Finetuner("minilm-l6", "lp-ft", epochs=args.student_epochs, verbose=0),
                            X_unlabeled=X_unlabeled).fit(Xtr, ytr, X_val=Xva, y_val=yva)
     print(f"  distilled {teacher_name} into one LP-FT student", flush=True)
     extra = {"distilled_student": student}
@@ -136,6 +148,20 @@ def main() -> None:
     print(f"best_fusion={best_fusion['model']} acc={best_fusion['test_score']:.4f} "
           f"best_member_acc={best_member['test_score']:.4f} lift_pt={100 * lift:.2f} "
           f"soup_acc={soup_best['test_score']:.4f} distilled_acc={distilled:.4f}")
+
+
+def fit_or_load(est, path: Path, fresh: bool, X, y, X_val, y_val):
+    """Load the member saved at ``path`` if it was fitted with ``est``'s parameters, else fit and save it."""
+    def training_params(params: dict) -> dict:  # JSON round trip: tuples compare as the saved lists
+        return {k: v for k, v in json.loads(json.dumps(params)).items() if k not in ("verbose", "device")}
+
+    meta = path / "tunefuse.json"
+    if meta.exists() and not fresh:
+        if training_params(json.loads(meta.read_text())["params"]) == training_params(est.get_params()):
+            return Finetuner.load(path), "loaded from " + str(path)
+    est.fit(X, y, X_val=X_val, y_val=y_val)
+    est.save(path)
+    return est, "fitted"
 
 
 class _HFRow:
