@@ -129,8 +129,9 @@ def test_leaderboard_times_frozen_backbone_models_cold(reviews):
     bag.predict(Xt)  # warms the shared feature cache
     before = features.stats["computed"]
     leaderboard({"bag": bag}, Xt, yt, Xt, yt)
-    # the timed calls paid the backbone pass (once per call, shared by the 3 heads), not a cache lookup
-    assert features.stats["computed"] - before == 2 * len(set(Xt["text"]))
+    # the timed (test) call paid the backbone pass (once, shared by the 3 heads), not a cache lookup; the untimed
+    # validation call read the warm cache
+    assert features.stats["computed"] - before == len(set(Xt["text"]))
     after = features.stats["computed"]
     bag.predict(Xt)  # ... and the cache the user had is back
     assert features.stats["computed"] == after
