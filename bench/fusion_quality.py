@@ -13,6 +13,7 @@ and data split match, so changing a fusion does not cost the members again; ``--
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -78,7 +79,8 @@ def main() -> None:
           f"majority {max(yt.mean(), 1 - yt.mean()):.4f}", flush=True)
 
     fitted: dict[str, object] = {}
-    run_dir = Path(args.run_dir) / f"train{len(Xtr)}_val{len(Xva)}"
+    data = hashlib.sha1(json.dumps([Xtr["text"].tolist(), ytr.tolist(), Xva["text"].tolist()]).encode()).hexdigest()
+    run_dir = Path(args.run_dir) / f"train{len(Xtr)}_val{len(Xva)}_{data[:10]}"  # another split: other members
     for name, est in members_spec(args.epochs).items():
         fitted[name], how = fit_or_load(est, run_dir / "members" / name, args.fresh, Xtr, ytr, Xva, yva)
         print(f"  member {name}: {how}, fit {fitted[name].fit_time_:.0f} s", flush=True)
