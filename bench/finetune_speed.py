@@ -50,15 +50,14 @@ def train_flops(lengths: np.ndarray, params: int, layers: int, hidden: int) -> f
     return 6.0 * params * lengths.sum() + 12.0 * layers * hidden * float((lengths.astype(float) ** 2).sum())
 
 
-def accuracy(model, tokenizer, texts, y) -> float:
-    """One evaluator for every row: bf16 autocast, length-sorted batches, argmax."""
+def accuracy(logits, tokenizer, texts, y) -> float:
+    """One evaluator for every row: bf16 autocast, length-sorted batches, argmax of ``logits(batch)``."""
     ids = tokenize(tokenizer, texts, HP["max_length"])
     lengths = np.array([len(x) for x in ids])
     pred = np.empty(len(ids), dtype=int)
-    model.eval()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         for rows in predict_batches(lengths, 8192):
-            pred[rows] = model(**collate([ids[i] for i in rows], tokenizer.pad_token_id)).logits.argmax(-1).numpy()
+            pred[rows] = logits(collate([ids[i] for i in rows], tokenizer.pad_token_id)).argmax(-1).numpy()
     return float((pred == y).mean())
 
 
@@ -84,7 +83,8 @@ def hf_trainer(X, y, seed: int, **args):
         t = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t
-    return model, tok, seconds
+    model.eval()
+    return model, tok, seconds, lambda batch: model(**batch).logits
 
 
 def tunefuse_fit(X, y, seed: int, micro_batch_overhead: int | None = None, **params):
@@ -104,7 +104,10 @@ def _tunefuse_fit(X, y, seed: int, **params):
                     **params)
     t = time.perf_counter()
     clf.fit(X, y)
-    return clf.model_, clf.tokenizer_, time.perf_counter() - t
+    seconds = time.perf_counter() - t
+    clf.model_.eval()
+    # the Finetuner's own forward: with mean pooling (MiniLM's default) the head reads the masked mean, not [CLS]
+    return clf.model_, clf.tokenizer_, seconds, clf._logits
 
 
 ROWS = {  # name -> (runner, kwargs, every seed?)
@@ -139,12 +142,12 @@ def main() -> None:
             runner, kwargs, every_seed = ROWS[name]
             if seed > 0 and not every_seed:
                 continue
-            model, tok, seconds = runner(X, y, seed, **kwargs)
+            model, tok, seconds, logits = runner(X, y, seed, **kwargs)
             lengths = np.array([len(t) for t in tokenize(tok, X, HP["max_length"])])
             cfg = model.config
             dense = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
             gflops = train_flops(lengths, dense, cfg.num_hidden_layers, cfg.hidden_size) / seconds / 1e9
-            acc = accuracy(model, tok, Xt, yt)
+            acc = accuracy(logits, tok, Xt, yt)
             results.setdefault(name, []).append((len(X) / seconds, acc, gflops))
             print(f"  seed {seed} {name:34s} {len(X) / seconds:6.1f} ex/s  acc {acc:.4f}  {gflops:5.1f} GFLOP/s",
                   flush=True)

@@ -196,8 +196,7 @@ def hf_trainer_row(X, y) -> _HFRow:
     sys.path.insert(0, os.path.dirname(__file__))
     from finetune_speed import hf_trainer
 
-    model, tok, seconds = hf_trainer(X["text"].tolist(), y, seed=0)
-    model.eval()
+    model, tok, seconds, _ = hf_trainer(X["text"].tolist(), y, seed=0)
     return _HFRow(model, tok, seconds)
 
 

@@ -453,7 +453,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path) -> Path:
-        """Write a folder: model.safetensors + config.json + tokenizer (opens with AutoModelForSequenceClassification)
+        """Write a folder: model.safetensors + config.json + tokenizer (opens with AutoModelForSequenceClassification;
+        with ``pooling_ == "mean"`` its head must read the masked mean, not the model's own forward: use ``load``)
         and tunefuse.json (parameters, classes, history). Atomic: a temp folder renamed into place."""
         check_is_fitted(self, "model_")
         self.model_.config.id2label = {i: str(c) for i, c in enumerate(self.classes_)}
