@@ -49,5 +49,5 @@ def autocast(device: torch.device, precision: str):
 
 def attention_implementation(device: torch.device) -> str:
     """'eager' on CPU, where PyTorch's fused attention backward is slow for short sequences (bench/finetune_speed.py,
-    row tunefuse_sdpa: 1.7x slower); 'sdpa' (fused kernels) on accelerators."""
+    row tunefuse_sdpa: 1.6x slower); 'sdpa' (fused kernels) on accelerators."""
     return "sdpa" if device.type == "cuda" else "eager"
