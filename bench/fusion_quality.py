@@ -1,14 +1,18 @@
 """Every fusion against the best single member, Hugging Face's Trainer and TF-IDF, on the reviews task.
 
-2,000 labelled reviews (Rating >= 4): members train on 1,600 and every fusion fits its weights, meta-learner, soup
-order, alpha or scale on the other 400 (validation). Test: the last 4,000 reviews. The best fusion and the best
-member are both chosen by validation score (ties: validation log-loss), never by test score.
+2,000 labelled reviews (Rating >= 4), two protocols side by side. Held-out: members train on 1,600 and every
+fusion fits its weights, meta-learner, soup order, alpha or scale on the other 400 (validation); its validation
+score is 5-fold cross-fitted over those 400 rows, since its own score there would be in-sample. Cross-fitted
+(AutoGluon's bagging and stacking): three configurations are 5-fold bags over all 2,000 rows, and the fusions over
+them fit on the bags' out-of-fold predictions, their validation scores out-of-fold as well. Test: the last 4,000
+reviews. The best fusion and the best member are both chosen by validation score (ties: validation log-loss),
+never by test score.
 
-    python bench/fusion_quality.py                       # about an hour on 2 cores; a rerun reuses the members
+    python bench/fusion_quality.py                       # about 2 hours on 2 cores; a rerun reuses the members
     python bench/fusion_quality.py --train 400 --test 400 --epochs 1   # a quick look
 
-Fitted members are saved under ``--run-dir`` (safetensors + JSON) and reloaded by a rerun whose member parameters
-and data split match, so changing a fusion does not cost the members again; ``--fresh`` refits them.
+Fitted members and bags are saved under ``--run-dir`` (safetensors + JSON) and reloaded by a rerun whose
+parameters and data split match, so changing a fusion does not cost the members again; ``--fresh`` refits them.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from tunefuse import Finetuner  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
 from tunefuse.demo import tfidf_logreg  # noqa: E402
 from tunefuse.fusion import (Bagging, Boosting, Distillation, EnsembleSelection, Stacking, Voting,  # noqa: E402
-                             WeightFusion, format_leaderboard, leaderboard)
+                             WeightFusion, cross_val_fusion, format_leaderboard, leaderboard, load_fusion,
+                             save_fusion)
 from tunefuse.fusion.leaderboard import sort_leaderboard  # noqa: E402
 from tunefuse.fusion.members import cached  # noqa: E402
 
@@ -58,16 +63,33 @@ def members_spec(epochs: int) -> dict[str, Finetuner]:
     }
 
 
+def crossfit_spec(epochs: int) -> dict[str, Finetuner]:
+    """Configurations cross-fitted as 5-fold bags on all 2,000 labelled rows (AutoGluon's bagging).
+
+    Each fold model trains on 1,600 rows, as the members above, and stops early on its held-out fold; the bag
+    predicts with the mean of its five fold models, and its out-of-fold predictions cover every labelled row, so
+    the fusions over bags fit on 2,000 rows instead of 400 and every labelled row also trains a member.
+    """
+    kw = dict(epochs=epochs, verbose=0)
+    return {
+        "cv5_lpft_lr3e-5": Finetuner("minilm-l6", "lp-ft", random_state=0, lr=3e-5, **kw),
+        "cv5_full_lr5e-5": Finetuner("minilm-l6", "full", random_state=3, lr=5e-5, **kw),
+        "cv5_lora_lr5e-4": Finetuner("minilm-l6", "lora", random_state=4, lr=5e-4, **kw),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--test", type=int, default=4000)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--unlabeled", type=int, default=8000, help="extra unlabelled reviews for the student")
+    ap.add_argument("--unlabeled", type=int, default=2000, help="extra unlabelled reviews for the student")
     ap.add_argument("--student-epochs", type=int, default=2)
     ap.add_argument("--run-dir", default="runs/bench_fusion_quality", help="where fitted members are kept")
     ap.add_argument("--fresh", action="store_true", help="refit the members even if saved ones match")
     ap.add_argument("--skip-hf", action="store_true", help="leave out the Trainer row")
+    ap.add_argument("--folds", type=int, default=5, help="folds of the cross-fitted bags")
+    ap.add_argument("--members-only", action="store_true", help="fit (or load) the members and bags, then stop")
     args = ap.parse_args()
 
     X, y, Xt, yt = load_reviews(args.train, args.test)
@@ -84,6 +106,16 @@ def main() -> None:
     for name, est in members_spec(args.epochs).items():
         fitted[name], how = fit_or_load(est, run_dir / "members" / name, args.fresh, Xtr, ytr, Xva, yva)
         print(f"  member {name}: {how}, fit {fitted[name].fit_time_:.0f} s", flush=True)
+    cv_data = hashlib.sha1(json.dumps([X["text"].tolist(), y.tolist()]).encode()).hexdigest()
+    cv_dir = Path(args.run_dir) / f"cv{args.folds}_train{len(X)}_{cv_data[:10]}"
+    bags: dict[str, Bagging] = {}
+    for name, est in crossfit_spec(args.epochs).items():
+        bag = Bagging(est, mode="kfold", n_splits=args.folds, fold_validation=True)
+        bags[name], how = fit_or_load(bag, cv_dir / name, args.fresh, X, y)
+        print(f"  bag {name}: {how}, fit {bags[name].fit_time_:.0f} s, out-of-fold acc {bags[name].oof_score_:.4f}",
+              flush=True)
+    if args.members_only:
+        return
     tuned = list(fitted.items())
     recipe = [(n, m) for n, m in tuned if n.startswith("lpft")]  # the soup recipe: one strategy, one probed start
     members = cached(tuned)  # each member predicts validation and test once; fusions replay (and count) it
@@ -111,6 +143,11 @@ def main() -> None:
     for name, f in fusions.items():
         f.fit(Xva, yva)
         print(f"  fusion {name}: weights {', '.join(f'{k}:{v:.2f}' for k, v in f.weights_.items())}", flush=True)
+    # Every fusion above fitted something on the 400 validation rows (weights, meta-learner, soup order, alpha,
+    # scale), so its own score there is in-sample: the board shows its 5-fold cross-fitted score instead.
+    honest_val = {name: cross_val_fusion(f, Xva, yva) for name, f in fusions.items()}
+    print(f"  cross-fitted validation scores of the {len(honest_val)} fusions in {time.perf_counter() - t:.0f} s",
+          flush=True)
     # Bagging and boosting refit their base estimator many times: with head-only members on shared frozen features
     # a bag of 5 costs little more than one (bench/fusion_cost.py); full fine-tunes x5 would not fit this run.
     head = Finetuner("minilm-l6", "head", verbose=0)
@@ -121,7 +158,26 @@ def main() -> None:
     print(f"  fusions fitted in {fusion_s:.0f} s", flush=True)
 
     models = {**dict(members), "tfidf_logreg": cached([("t", tfidf)])[0][1], **fusions}
-    board = leaderboard(models, Xva, yva, Xt, yt)
+    board = leaderboard(models, Xva, yva, Xt, yt, val_proba=honest_val)
+
+    # Cross-fitted protocol: fusions over the k-fold bags fit on their out-of-fold predictions for all 2,000
+    # labelled rows; their validation scores are out-of-fold too (the fusion's weights refitted per fold).
+    t = time.perf_counter()
+    tfidf_bag = Bagging(tfidf_logreg(), mode="kfold", n_splits=args.folds).fit(X, y)
+    print(f"  bag cv{args.folds}_tfidf: out-of-fold acc {tfidf_bag.oof_score_:.4f}", flush=True)
+    cv_members = cached([*bags.items(), (f"cv{args.folds}_tfidf", tfidf_bag)])
+    cv_fusions = {
+        f"cv{args.folds}_stacking": Stacking(cv_members, prefit="oof"),
+        f"cv{args.folds}_ensemble_selection": EnsembleSelection(cv_members, prefit="oof"),
+        f"cv{args.folds}_vote_weighted": Voting(cv_members, weights="fit", prefit="oof"),
+        f"cv{args.folds}_vote_soft": Voting(cv_members[:-1], prefit="oof"),  # the fine-tuned bags alone
+    }
+    for name, f in cv_fusions.items():
+        f.fit(X, y)
+        print(f"  fusion {name}: weights {', '.join(f'{k}:{v:.2f}' for k, v in f.weights_.items())}", flush=True)
+    fusions.update(cv_fusions)
+    board = sort_leaderboard(pd.concat([board, leaderboard({**dict(cv_members), **cv_fusions}, None, y, Xt, yt)]))
+    print(f"  cross-fitted rows in {time.perf_counter() - t:.0f} s", flush=True)
     member_rows = board[board["model"].isin(fitted)]
     best_member = member_rows.iloc[0]  # sorted by validation score, ties by validation log-loss
     fusion_rows = board[~board["model"].isin(list(fitted) + ["tfidf_logreg"])]
@@ -130,7 +186,8 @@ def main() -> None:
     # Distillation of the best output-space fusion (the one whose inference cost is K models; a soup already costs
     # one) into one LP-FT student, on its soft labels for the labelled rows plus unlabelled reviews.
     teacher_name = fusion_rows[fusion_rows["kind"] != "WeightFusion"].iloc[0]["model"]
-    student = Distillation(fusions[teacher_name],
+    teacher = fusions.get(teacher_name) or bags[teacher_name]
+    student = Distillation(teacher,
                            Finetuner("minilm-l6", "lp-ft", epochs=args.student_epochs, verbose=0),
                            X_unlabeled=X_unlabeled).fit(Xtr, ytr, X_val=Xva, y_val=yva)
     print(f"  distilled {teacher_name} into one LP-FT student", flush=True)
@@ -152,17 +209,26 @@ def main() -> None:
           f"soup_acc={soup_best['test_score']:.4f} distilled_acc={distilled:.4f}")
 
 
-def fit_or_load(est, path: Path, fresh: bool, X, y, X_val, y_val):
-    """Load the member saved at ``path`` if it was fitted with ``est``'s parameters, else fit and save it."""
-    def training_params(params: dict) -> dict:  # JSON round trip: tuples compare as the saved lists
-        return {k: v for k, v in json.loads(json.dumps(params)).items() if k not in ("verbose", "device")}
+def fit_or_load(est, path: Path, fresh: bool, X, y, X_val=None, y_val=None):
+    """Load the member (or k-fold bag) saved at ``path`` if fitted with ``est``'s parameters, else fit and save it."""
+    def training_params(est) -> dict:  # JSON round trip: tuples compare as the saved lists
+        params = est.get_params(deep=False)
+        inner = params.pop("estimator", None)
+        out = {k: v for k, v in json.loads(json.dumps(params)).items() if k not in ("verbose", "device")}
+        return out if inner is None else {**out, "estimator": training_params(inner)}
 
-    meta = path / "tunefuse.json"
+    bag = isinstance(est, Bagging)
+    meta = path / ("fusion.json" if bag else "tunefuse.json")
     if meta.exists() and not fresh:
-        if training_params(json.loads(meta.read_text())["params"]) == training_params(est.get_params()):
-            return Finetuner.load(path), "loaded from " + str(path)
-    est.fit(X, y, X_val=X_val, y_val=y_val)
-    est.save(path)
+        saved = load_fusion(path) if bag else Finetuner.load(path)
+        if training_params(saved) == training_params(est):
+            return saved, "loaded from " + str(path)
+    if bag:
+        est.fit(X, y)
+        save_fusion(est, path)
+    else:
+        est.fit(X, y, X_val=X_val, y_val=y_val)
+        est.save(path)
     return est, "fitted"
 
 

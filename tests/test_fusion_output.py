@@ -25,7 +25,7 @@ from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 from threadpoolctl import threadpool_limits
 
-from tunefuse.fusion.leaderboard import COLUMNS, format_leaderboard, leaderboard
+from tunefuse.fusion.leaderboard import COLUMNS, cross_val_fusion, format_leaderboard, leaderboard
 from tunefuse.fusion.members import check_members, member_proba
 from tunefuse.fusion.output import (OUTPUT_METHODS, Bagging, Boosting, EnsembleSelection, Stacking, Voting,
                                     get_output_method)
@@ -196,6 +196,78 @@ def test_kfold_bagging_out_of_fold_predictions_do_not_leak():
     np.testing.assert_allclose(bag.oof_proba_, 0.5)  # only the prior: no row was predicted by a model that saw it
     assert bag.oof_score_ <= 0.6 and bag.score(X, y) == 1.0  # in-sample, every row was seen by 2 of 3 folds
     assert all(len(m.sample_weight_) == len(m.seen_) == 40 for _, m in bag.members_)
+
+
+class ValFit(TextLR):
+    """A TextLR whose fit takes X_val/y_val, as a Finetuner's does (early stopping): records what it got."""
+
+    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None):
+        self.val_rows_ = None if X_val is None else len(X_val)
+        return super().fit(X, y, sample_weight)
+
+
+def _cross_fitted(X, y):
+    return [("textlr", Bagging(ValFit(C=10.0), mode="kfold", n_splits=3).fit(X, y)),
+            ("nb", Bagging(text_pipe(MultinomialNB()), mode="kfold", n_splits=3).fit(X, y)),
+            ("weak", Bagging(text_pipe(LogisticRegression(C=0.05)), mode="kfold", n_splits=3).fit(X, y))]
+
+
+def test_kfold_bagging_hands_each_fold_model_its_held_out_fold(text_data):
+    X, y = text_data
+    bag = Bagging(ValFit(), mode="kfold", n_splits=3).fit(X, y)
+    assert [m.val_rows_ for _, m in bag.members_] == [100, 100, 100]
+    bag = Bagging(ValFit(), mode="kfold", n_splits=3, fold_validation=False).fit(X, y)
+    assert [m.val_rows_ for _, m in bag.members_] == [None] * 3
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: Stacking(m, prefit="oof"), lambda m: EnsembleSelection(m, prefit="oof"),
+    lambda m: Voting(m, weights="fit", prefit="oof"), lambda m: Voting(m, prefit="oof"),
+    lambda m: Voting(m, voting="hard", prefit="oof")], ids=["stacking", "selection", "weighted", "soft", "hard"])
+def test_fusions_over_kfold_bags_fit_on_out_of_fold_predictions(make, text_data, tmp_path):
+    X, y = text_data
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
+    bags = _cross_fitted(X_tr, y_tr)
+    fused = make(bags).fit(X_tr, y_tr)
+    assert fused.oof_proba_.shape == (len(y_tr), 3) and np.allclose(fused.oof_proba_.sum(1), 1)
+    assert sum(fused.weights_.values()) == pytest.approx(1.0)
+    # Honest: the fusion's out-of-fold accuracy is close to its test accuracy, not the in-sample ~1.0.
+    oof_acc = accuracy_score(y_tr, fused.classes_[fused.oof_proba_.argmax(1)])
+    assert oof_acc < 0.97 and abs(oof_acc - fused.score(X_te, y_te)) < 0.12
+    assert fused.score(X_te, y_te) >= max(b.score(X_te, y_te) for _, b in bags) - 0.05
+    loaded = load_fusion(save_fusion(fused, tmp_path / "f"), trusted=[ValFit])
+    np.testing.assert_allclose(loaded.predict_proba(X_te), fused.predict_proba(X_te))
+    board = leaderboard({**dict(bags), "fused": fused}, None, y_tr, X_te, y_te).set_index("model")
+    assert board.loc["fused", "val_score"] == pytest.approx(oof_acc)
+    assert board.loc["textlr", "val_score"] == pytest.approx(bags[0][1].oof_score_)
+
+
+def test_out_of_fold_fusion_errors_name_the_fix(text_data):
+    X, y = text_data
+    bags = _cross_fitted(X, y)
+    with pytest.raises(ValueError, match=r"members \['nb', 'textlr', 'weak'\] hold out-of-fold predictions for "
+                                         r"\[300\] rows but fit got 100: pass the very rows"):
+        Stacking(bags, prefit="oof").fit(X[:100], y[:100])
+    with pytest.raises(ValueError, match=r"\['plain'\] have no oof_proba_: fit them as Bagging\(estimator, "
+                                         r"mode='kfold'\)"):
+        EnsembleSelection(bags + [("plain", _nb().fit(X, y))], prefit="oof").fit(X, y)
+    with pytest.raises(ValueError, match=r"prefit='yes' is not valid: choose one of \[False, True, 'oof'\]"):
+        Voting(bags, prefit="yes").fit(X, y)
+    with pytest.raises(ValueError, match=r"X_val=None reads out-of-fold predictions, but models\['nb'\] has none"):
+        leaderboard({"nb": _nb().fit(X, y)}, None, y)
+
+
+def test_cross_val_fusion_scores_a_validation_fitted_fusion_out_of_sample(text_data):
+    X, y = text_data
+    X_tr, X_va, y_tr, y_va = train_test_split(X, y, test_size=0.5, stratify=y, random_state=0)
+    members = [("textlr", TextLR(C=10.0).fit(X_tr, y_tr)), ("nb", _nb().fit(X_tr, y_tr))]
+    stack = Stacking(members, prefit=True, final_estimator=DecisionTreeClassifier(random_state=0)).fit(X_va, y_va)
+    honest = cross_val_fusion(stack, X_va, y_va)
+    assert stack.score(X_va, y_va) == 1.0  # a tree on the validation rows memorises them
+    assert accuracy_score(y_va, stack.classes_[honest.argmax(1)]) < 0.97
+    assert stack.members_[0][1] is members[0][1] and members[0][1].pipe_ is not None  # members left as they were
+    board = leaderboard({"stack": stack}, X_va, y_va, val_proba={"stack": honest})
+    assert board.loc[0, "val_score"] == pytest.approx(accuracy_score(y_va, stack.classes_[honest.argmax(1)]))
 
 
 def test_one_dimensional_text_input(text_data):

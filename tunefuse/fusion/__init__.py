@@ -1,7 +1,7 @@
 """Fusion of fitted members: output space (voting, selection, bagging, boosting, stacking), weight space (soups,
 WiSE-FT, task arithmetic, TIES, DARE) and distillation. One member protocol: ``[(name, estimator)]``."""
 from .distill import Distillation
-from .leaderboard import format_leaderboard, leaderboard
+from .leaderboard import cross_val_fusion, format_leaderboard, leaderboard
 from .members import check_fitted_members, check_members, member_proba
 from .output import (OUTPUT_METHODS, Bagging, Boosting, EnsembleSelection, FusionMethod, Stacking, Voting,
                      get_output_method)
@@ -24,6 +24,6 @@ def get_fusion_method(name: str) -> FusionMethod:
 
 
 __all__ = ["Bagging", "Boosting", "Distillation", "EnsembleSelection", "FUSION_METHODS", "Stacking", "Voting",
-           "WeightFusion", "check_fitted_members", "check_members", "format_leaderboard", "get_fusion_method",
+           "WeightFusion", "check_fitted_members", "check_members", "cross_val_fusion", "format_leaderboard", "get_fusion_method",
            "get_output_method", "leaderboard", "load_fusion", "load_member", "member_proba", "save_fusion",
            "save_member", "soup_from_checkpoints"]

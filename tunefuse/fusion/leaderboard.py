@@ -70,11 +70,14 @@ def _size_mb(model: Any) -> float:
 
 
 def leaderboard(models: Mapping[str, Any], X_val: Any, y_val: Any, X_test: Any = None, y_test: Any = None, *,
-                metric: str = "accuracy") -> pd.DataFrame:
+                metric: str = "accuracy", val_proba: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
     """One row per fitted model (members and fusions alike), sorted by validation score, ties by validation log-loss.
 
     A few hundred validation rows give accuracy in coarse steps, so many models tie; the log-loss (a proper scoring
-    rule) separates them.
+    rule) separates them. ``X_val=None``: the models are cross-fitted on the rows labelled ``y_val`` (k-fold bags,
+    fusions with ``prefit="oof"``) and their validation scores are read from their out-of-fold ``oof_proba_``.
+    ``val_proba``: validation probabilities by model name that replace the model's own, e.g. from
+    :func:`cross_val_fusion` for a fusion fitted on the validation rows themselves (its own score there is in-sample).
 
     >>> from sklearn.datasets import load_iris
     >>> from sklearn.naive_bayes import GaussianNB
@@ -99,7 +102,12 @@ def leaderboard(models: Mapping[str, Any], X_val: Any, y_val: Any, X_test: Any =
         # One predict_proba per model and split; the last split's call is the one timed.
         # Replayed member predictions (Cached) count at the time they took to compute: the deployment cost.
         # Timed cold: frozen-backbone models (heads, bags of heads) pay their backbone pass, once per call.
-        p_val, t_pred = _timed_proba(model, X_val, timed=X_test is None)
+        if val_proba is not None and name in val_proba:
+            p_val, t_pred = np.asarray(val_proba[name]), math.nan
+        elif X_val is None:
+            p_val, t_pred = _oof(name, model, len(y_val)), math.nan
+        else:
+            p_val, t_pred = _timed_proba(model, X_val, timed=X_test is None)
         test_score = math.nan
         if X_test is not None:
             p_test, t_pred = _timed_proba(model, X_test)
@@ -118,6 +126,45 @@ def leaderboard(models: Mapping[str, Any], X_val: Any, y_val: Any, X_test: Any =
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
     return sort_leaderboard(df)
+
+
+def cross_val_fusion(fusion: Any, X: Any, y: Any, *, n_splits: int = 5, random_state: int = 0) -> np.ndarray:
+    """Out-of-fold probabilities of a fusion fitted on held-out rows ``X, y``: an honest validation score for it.
+
+    A fusion whose weights, meta-learner, soup order, alpha or merge scale were fitted on the validation rows scores
+    in-sample there. Here it is refitted on k-1 folds of those rows, its fitted members kept as they are, and
+    predicts the k-th (hand-written: ``sklearn.model_selection.cross_val_predict`` would clone, i.e. unfit, the
+    members). Costs k refits of the fusion, not of its members.
+
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.naive_bayes import GaussianNB
+    >>> from tunefuse.fusion.output import Voting
+    >>> X, y = load_iris(return_X_y=True)
+    >>> nb = GaussianNB().fit(X[::2], y[::2])
+    >>> cross_val_fusion(Voting([("nb", nb)], weights="fit", prefit=True), X[1::2], y[1::2], n_splits=3).shape
+    (75, 3)
+    """
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.utils import _safe_indexing
+
+    y = np.asarray(y)
+    out = None
+    for tr, te in StratifiedKFold(n_splits, shuffle=True, random_state=random_state).split(np.zeros(len(y)), y):
+        f = type(fusion)(**fusion.get_params(deep=False)).fit(_safe_indexing(X, tr), y[tr])
+        p = np.asarray(f.predict_proba(_safe_indexing(X, te)))
+        out = np.zeros((len(y), p.shape[1])) if out is None else out
+        out[te] = p
+    return out
+
+
+def _oof(name: str, model: Any, n: int) -> np.ndarray:
+    oof = getattr(model, "oof_proba_", None)
+    if oof is None or len(oof) != n:
+        got = "none" if oof is None else f"{len(oof)} rows"
+        raise ValueError(f"X_val=None reads out-of-fold predictions, but models[{name!r}] has {got} for the {n} "
+                         "rows of y_val: pass X_val, or only models cross-fitted on those rows (Bagging(mode='kfold'), "
+                         "fusions with prefit='oof')")
+    return np.asarray(oof)
 
 
 def sort_leaderboard(df: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from sklearn.ensemble import AdaBoostClassifier, BaggingClassifier, StackingClas
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 from sklearn.utils import _safe_indexing
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, has_fit_parameter
@@ -61,9 +61,12 @@ def _prepare(members: Any, X: Any, y: Any, sample_weight: Any, *, prefit: bool, 
              random_state: Any = None) -> tuple[list, np.ndarray, Any, np.ndarray, np.ndarray | None]:
     """Return fitted members, their classes, and the data (X, y, sample_weight) to fit the combiner on.
 
-    prefit: members are used as they are and all of X, y is validation data. Otherwise clones are
-    fitted on all rows (holdout=None) or on a stratified split that keeps a ``holdout`` fraction out.
+    prefit=True: members are used as they are and all of X, y is validation data. prefit="oof": members are
+    cross-fitted on X, y and the combiner reads their out-of-fold predictions (:func:`_holdout_proba`).
+    Otherwise clones are fitted on all rows (holdout=None) or on a stratified split that keeps a ``holdout``
+    fraction out.
     """
+    _check_choice("prefit", prefit, (False, True, "oof"))
     members = check_members(members)
     y = np.asarray(y)
     check_classification_targets(y)
@@ -83,6 +86,41 @@ def _prepare(members: Any, X: Any, y: Any, sample_weight: Any, *, prefit: bool, 
     fitted = [(name, _fit(clone(est), _safe_indexing(X, tr), y[tr], None if sw is None else sw[tr]))
               for name, est in members]
     return fitted, check_fitted_members(fitted), _safe_indexing(X, va), y[va], None if sw is None else sw[va]
+
+
+def _holdout_proba(prefit: Any, members: list, X: Any, y: np.ndarray) -> np.ndarray:
+    """(n_members, n_samples, n_classes) predictions the combiner may be fitted on: held-out ones.
+
+    prefit="oof": the members' own out-of-fold predictions (``oof_proba_`` of k-fold bags fitted on exactly
+    these rows: AutoGluon's stacking on bagged models). Otherwise the members predict X, which they never saw.
+    """
+    if prefit != "oof":
+        return member_proba(members, X)
+    missing = [n for n, e in members if getattr(e, "oof_proba_", None) is None]
+    if missing:
+        raise ValueError(f"prefit='oof' needs cross-fitted members, but {missing} have no oof_proba_: fit them as "
+                         "Bagging(estimator, mode='kfold') on the rows passed here, or use prefit=True with rows "
+                         "the members never saw")
+    wrong = {n: len(e.oof_proba_) for n, e in members if len(e.oof_proba_) != len(y)}
+    if wrong:
+        raise ValueError(f"prefit='oof': members {sorted(wrong)} hold out-of-fold predictions for "
+                         f"{sorted(set(wrong.values()))} rows but fit got {len(y)}: pass the very rows the k-fold "
+                         "members were fitted on")
+    return np.stack([np.asarray(e.oof_proba_, dtype=float) for _, e in members])
+
+
+def _cross_fit_weights(fit_weights: Callable, P: np.ndarray, y_idx: np.ndarray, sw: np.ndarray | None,
+                       apply: np.ndarray | None = None, n_splits: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of a weighted average whose weights are fitted: weights fitted on k-1 folds of
+    the rows, applied to the k-th, so the combiner's validation score is as honest as its members' (hand-written:
+    sklearn cross-validates estimators, not a function of prediction matrices)."""
+    Q = P if apply is None else apply  # what the weights average (hard voting: one-hot votes)
+    out = np.zeros_like(Q[0])
+    folds = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y_idx)), y_idx)
+    for tr, te in folds:
+        w = fit_weights(P[:, tr], y_idx[tr], None if sw is None else sw[tr])
+        out[te] = np.tensordot(w, Q[:, te], axes=1)
+    return out
 
 
 def _encode(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -111,6 +149,8 @@ class Voting(_Fusion):
 
     Kittler et al., "On combining classifiers", IEEE TPAMI 1998. Fitted weights minimise validation
     log-loss over the simplex (non-negative linear stacking, Breiman, "Stacked regressions", 1996).
+    ``prefit=True``: members are fitted and ``fit`` gets rows they never saw; ``prefit="oof"``: members are
+    k-fold bags fitted on the rows ``fit`` gets, and the weights are fitted on their out-of-fold predictions.
 
     >>> from sklearn.datasets import load_iris
     >>> from sklearn.linear_model import LogisticRegression
@@ -155,10 +195,17 @@ class Voting(_Fusion):
             members, X, y, sample_weight, prefit=self.prefit,
             holdout=self.validation_fraction if fit_weights and not self.prefit else None,
             random_state=self.random_state)
+        P = _holdout_proba(self.prefit, fitted, X_c, y_c) if fit_weights or self.prefit == "oof" else None
+        y_idx = _encode(y_c, classes)
         if fit_weights:
-            w = _fit_simplex_weights(member_proba(fitted, X_c), _encode(y_c, classes), sw)
+            w = _fit_simplex_weights(P, y_idx, sw)
         elif w is None:
             w = np.full(len(fitted), 1.0 / len(fitted))
+        if self.prefit == "oof":  # the fusion's own out-of-fold predictions: its weights refitted per fold
+            fixed = w
+            votes = np.eye(P.shape[2])[P.argmax(2)] if self.voting == "hard" else P
+            self.oof_proba_ = _cross_fit_weights(_fit_simplex_weights if fit_weights else (lambda *_: fixed),
+                                                 P, y_idx, sw, apply=votes)
         # Members are fitted above on the original labels (sklearn's VotingClassifier would refit them
         # on encoded labels), so each stays usable alone; frozen, they just get averaged here.
         self.ensemble_ = VotingClassifier([(n, FrozenEstimator(e)) for n, e in fitted], voting=self.voting,
@@ -204,7 +251,8 @@ class EnsembleSelection(_Fusion):
     """Greedy forward ensemble selection with replacement on validation predictions.
 
     Caruana et al., "Ensemble selection from libraries of models", ICML 2004. Hand-written:
-    scikit-learn has no equivalent.
+    scikit-learn has no equivalent. ``prefit="oof"`` selects on the out-of-fold predictions of k-fold
+    bagged members (AutoGluon's final layer) and keeps the selection's own ``oof_proba_``.
 
     >>> from sklearn.datasets import load_iris
     >>> from sklearn.linear_model import LogisticRegression
@@ -231,28 +279,10 @@ class EnsembleSelection(_Fusion):
         fitted, classes, X_va, y_va, sw = _prepare(
             self.members, X, y, sample_weight, prefit=self.prefit,
             holdout=None if self.prefit else self.validation_fraction, random_state=self.random_state)
-        P, y_idx = member_proba(fitted, X_va), _encode(y_va, classes)
-
-        def score(proba):  # higher is better
-            if self.metric == "accuracy":
-                return float(np.average(proba.argmax(1) == y_idx, weights=sw))
-            return -_proba_loss(proba, y_idx, sw)
-
-        counts, total = np.zeros(len(P)), np.zeros_like(P[0])
-        best_counts, best, self.scores_ = None, -np.inf, []
-        for it in range(1, self.n_iter + 1):
-            # Add (with replacement) the member whose addition gives the best averaged prediction;
-            # ties go to the earlier member, which keeps the result deterministic.
-            cand = [score((total + P[m]) / it) for m in range(len(P))]
-            m = int(np.argmax(cand))
-            counts[m] += 1
-            total += P[m]
-            self.scores_.append(cand[m])
-            # Keep the best ensemble seen, as Caruana et al. do, so the result is never worse on
-            # validation than the best single member (iteration 1).
-            if cand[m] > best:
-                best, best_counts = cand[m], counts.copy()
-        w = best_counts / best_counts.sum()
+        P, y_idx = _holdout_proba(self.prefit, fitted, X_va, y_va), _encode(y_va, classes)
+        w, best, self.scores_ = self._select(P, y_idx, sw)
+        if self.prefit == "oof":  # the fusion's own out-of-fold predictions: selection rerun per fold
+            self.oof_proba_ = _cross_fit_weights(lambda *a: self._select(*a)[0], P, y_idx, sw)
         self.members_ = fitted
         self.classes_ = classes
         self.weights_ = {n: float(v) for (n, _), v in zip(fitted, w)}
@@ -260,6 +290,28 @@ class EnsembleSelection(_Fusion):
         self.ensemble_ = None
         self.fit_time_ = time.perf_counter() - start
         return self
+
+    def _select(self, P: np.ndarray, y_idx: np.ndarray, sw: np.ndarray | None) -> tuple[np.ndarray, float, list]:
+        def score(proba):  # higher is better
+            if self.metric == "accuracy":
+                return float(np.average(proba.argmax(1) == y_idx, weights=sw))
+            return -_proba_loss(proba, y_idx, sw)
+
+        counts, total = np.zeros(len(P)), np.zeros_like(P[0])
+        best_counts, best, scores = None, -np.inf, []
+        for it in range(1, self.n_iter + 1):
+            # Add (with replacement) the member whose addition gives the best averaged prediction;
+            # ties go to the earlier member, which keeps the result deterministic.
+            cand = [score((total + P[m]) / it) for m in range(len(P))]
+            m = int(np.argmax(cand))
+            counts[m] += 1
+            total += P[m]
+            scores.append(cand[m])
+            # Keep the best ensemble seen, as Caruana et al. do, so the result is never worse on
+            # validation than the best single member (iteration 1).
+            if cand[m] > best:
+                best, best_counts = cand[m], counts.copy()
+        return best_counts / best_counts.sum(), best, scores
 
     def _proba(self, X: Any) -> np.ndarray:
         # Skip zero-weight members: predicting with an unused fine-tuned model would be wasted time.
@@ -288,6 +340,9 @@ class Bagging(_Fusion):
     "AutoGluon-Tabular", 2020. In "kfold" mode each fold model is fitted on the other folds; its
     predictions on the held-out fold fill ``oof_proba_`` and ``oof_score_`` (accuracy), and
     prediction averages the fold models. The estimator must accept a 1-column 2-D array of texts.
+    With ``fold_validation=True`` an estimator whose ``fit`` takes ``X_val``/``y_val`` (a Finetuner) gets
+    the held-out fold for early stopping, as AutoGluon does, so every fold model trains on all its k-1 folds;
+    the out-of-fold scores then carry that (mild) selection.
 
     >>> from sklearn.datasets import load_iris
     >>> from sklearn.naive_bayes import GaussianNB
@@ -296,11 +351,13 @@ class Bagging(_Fusion):
     (150, 3)
     """
 
-    def __init__(self, estimator, *, n_estimators=5, mode="bootstrap", n_splits=5, random_state=0):
+    def __init__(self, estimator, *, n_estimators=5, mode="bootstrap", n_splits=5, fold_validation=True,
+                 random_state=0):
         self.estimator = estimator
         self.n_estimators = n_estimators
         self.mode = mode
         self.n_splits = n_splits
+        self.fold_validation = fold_validation
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "Bagging":
@@ -324,9 +381,16 @@ class Bagging(_Fusion):
             folds = StratifiedKFold(self.n_splits, shuffle=True, random_state=self.random_state).split(
                 np.zeros(len(y)), y)
             self.oof_proba_, self.members_ = np.zeros((len(y), len(self.classes_))), []
+            held_out = bool(self.fold_validation) and has_fit_parameter(self.estimator, "X_val")
             for i, (tr, te) in enumerate(folds):
-                est = _fit(clone(self.estimator), _safe_indexing(X, tr), y[tr], None if sw is None else sw[tr])
-                self.oof_proba_[te] = _aligned_proba(est, _safe_indexing(X, te), self.classes_)
+                X_te = _safe_indexing(X, te)
+                est = clone(self.estimator)
+                if held_out:  # early stopping on the held-out fold
+                    est.fit(_safe_indexing(X, tr), y[tr], **({} if sw is None else {"sample_weight": sw[tr]}),
+                            X_val=X_te, y_val=y[te])
+                else:
+                    _fit(est, _safe_indexing(X, tr), y[tr], None if sw is None else sw[tr])
+                self.oof_proba_[te] = _aligned_proba(est, X_te, self.classes_)
                 self.members_.append((f"fold{i}", est))
             self.oof_score_ = float(accuracy_score(y, self.classes_[self.oof_proba_.argmax(1)], sample_weight=sw))
             self.ensemble_ = None
@@ -397,7 +461,11 @@ class Stacking(_Fusion):
 
     Wolpert, "Stacked generalization", Neural Networks 1992. With ``prefit=True`` the members are used
     frozen and the meta-learner is trained on their predictions on the data given to ``fit``, which
-    must then be held-out data the members never saw.
+    must then be held-out data the members never saw. With ``prefit="oof"`` the members are k-fold bags
+    (:class:`Bagging` ``mode="kfold"``) fitted on the rows given to ``fit``, and the meta-learner is trained
+    on their out-of-fold predictions: every labelled row trains the members and the meta-learner alike
+    (AutoGluon's multi-layer stacking, Erickson et al., 2020). ``oof_proba_`` then holds the stack's own
+    out-of-fold predictions (meta-learner cross-validated with ``cv`` folds).
 
     >>> from sklearn.datasets import load_iris
     >>> from sklearn.naive_bayes import GaussianNB
@@ -422,10 +490,13 @@ class Stacking(_Fusion):
                 "passthrough=True appends the raw features to the meta-features, but X is not numeric: keep "
                 "passthrough=False or pass a final_estimator that can handle raw text"
             )
+        final = LogisticRegression(max_iter=1000) if self.final_estimator is None else self.final_estimator
+        if self.prefit == "oof":
+            return self._fit_oof(members, X, y, sample_weight, clone(final), start)
+        _check_choice("prefit", self.prefit, (False, True, "oof"))
         if self.prefit:
             _check_same_classes(np.asarray(y), check_fitted_members(members))
             members = [(n, FrozenEstimator(e)) for n, e in members]
-        final = LogisticRegression(max_iter=1000) if self.final_estimator is None else self.final_estimator
         # The meta-learner is trained on out-of-fold predictions (cv folds): a flexible member's
         # in-sample probabilities are overconfident, so a meta-learner fitted on them would over-trust it.
         self.ensemble_ = StackingClassifier(members, final_estimator=final, cv=self.cv,
@@ -438,10 +509,41 @@ class Stacking(_Fusion):
         self.fit_time_ = time.perf_counter() - start
         return self
 
+    def _fit_oof(self, members, X, y, sample_weight, final, start) -> "Stacking":
+        # Hand-written: StackingClassifier computes its own out-of-fold predictions by refitting the members;
+        # here they exist already (the k-fold bags), so only the meta-learner is fitted, as sklearn would.
+        y = np.asarray(y)
+        check_classification_targets(y)
+        check_consistent_length(X, y)
+        classes = check_fitted_members(members)
+        _check_same_classes(y, classes)
+        meta = self._meta_features(_holdout_proba("oof", members, X, y), X)
+        kw = {} if sample_weight is None else {"sample_weight": np.asarray(sample_weight, dtype=float)}
+        cv = self.cv if self.cv is not None else 5
+        cv = StratifiedKFold(cv, shuffle=True, random_state=0) if isinstance(cv, (int, np.integer)) else cv
+        oof = cross_val_predict(clone(final), meta, y, cv=cv, method="predict_proba", params=kw)
+        self.final_estimator_ = final.fit(meta, y, **kw)
+        self.ensemble_ = None
+        self.members_ = members
+        self.classes_ = np.asarray(self.final_estimator_.classes_)
+        self.oof_proba_ = oof
+        self.weights_ = self._member_weights()
+        self.fit_time_ = time.perf_counter() - start
+        return self
+
+    def _meta_features(self, P: np.ndarray, X: Any) -> np.ndarray:
+        # As sklearn's StackingClassifier: one column per class, the redundant first one dropped when binary.
+        P = P[:, :, 1:] if P.shape[2] == 2 else P
+        meta = np.concatenate(list(P), axis=1)
+        if self.passthrough:
+            raw = X.toarray() if hasattr(X, "toarray") else np.asarray(X, dtype=float)
+            meta = np.hstack([meta, raw.reshape(len(meta), -1)])
+        return meta
+
     def _member_weights(self) -> dict[str, float]:
         # weights_ = the meta-learner's mean absolute coefficient over each member's meta-feature
         # columns, normalised to sum 1 (sklearn drops one redundant column per member when binary).
-        meta = self.ensemble_.final_estimator_
+        meta = self.final_estimator_ if self.ensemble_ is None else self.ensemble_.final_estimator_
         meta = meta.steps[-1][1] if hasattr(meta, "steps") else meta  # a Pipeline: read its last step
         imp = getattr(meta, "coef_", None)
         imp = np.abs(np.atleast_2d(imp)).mean(0) if imp is not None else getattr(meta, "feature_importances_", None)
@@ -454,6 +556,8 @@ class Stacking(_Fusion):
         return {n: float(v) for n, v in zip(names, per)}
 
     def _proba(self, X: Any) -> np.ndarray:
+        if self.ensemble_ is None:  # prefit="oof": the members' predictions through the meta-learner
+            return self.final_estimator_.predict_proba(self._meta_features(member_proba(self.members_, X), X))
         return self.ensemble_.predict_proba(X)
 
 

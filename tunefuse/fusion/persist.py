@@ -3,7 +3,8 @@
 A member with its own ``save``/``load`` (a :class:`tunefuse.Finetuner`) saves itself; any other
 estimator goes through ``skops.io``, which rebuilds objects from a schema and refuses types it does
 not trust. A fusion is a folder: ``fusion.json`` (class, parameters, small fitted state),
-``arrays.safetensors`` (fitted arrays), ``ensemble.skops`` (the fitted scikit-learn meta-estimator
+``arrays.safetensors`` (fitted arrays), ``fitted.skops`` (fitted scikit-learn objects such as a
+meta-learner), ``ensemble.skops`` (the fitted scikit-learn meta-estimator
 with its members taken out) and ``members/<i>-<name>/`` (one :func:`save_member` folder each).
 """
 
@@ -184,6 +185,7 @@ def save_fusion(fusion: Any, path: str | os.PathLike) -> Path:
             "params": {k: _jsonable(v) for k, v in params.items() if _is_jsonable(v)}, "state": {}}
     other_params = {k: v for k, v in params.items() if not _is_jsonable(v)}
     arrays: dict[str, np.ndarray] = {}
+    fitted_objects: dict[str, Any] = {}
     with atomic_folder(path) as tmp:
         for i, (name, est) in enumerate(members):
             save_member(est, tmp / "members" / f"{i}-{name}")
@@ -196,11 +198,15 @@ def save_fusion(fusion: Any, path: str | os.PathLike) -> Path:
                 arrays[key] = np.ascontiguousarray(value)
             elif _is_jsonable(value):
                 meta["state"][key] = _jsonable(value)
+            elif hasattr(value, "get_params"):  # a fitted scikit-learn object (Stacking's final_estimator_)
+                fitted_objects[key] = value
             else:
                 raise TypeError(f"cannot save fitted attribute {key}={type(value).__name__} of {cls.__name__}: "
-                                "store it as an array, a number, a string, a list or a dict")
+                                "store it as an array, a number, a string, a list, a dict or an estimator")
         if arrays:
             save_file(arrays, str(tmp / "arrays.safetensors"))
+        if fitted_objects:
+            sio.dump(fitted_objects, tmp / "fitted.skops")
         if other_params:
             sio.dump(other_params, tmp / "params.skops")
         if getattr(fusion, "ensemble_", None) is not None:
@@ -246,6 +252,9 @@ def load_fusion(path: str | os.PathLike, *, trusted: Iterable[str | type] | None
         setattr(fusion, key, value)
     if (path / "arrays.safetensors").is_file():
         for key, value in load_file(str(path / "arrays.safetensors")).items():
+            setattr(fusion, key, value)
+    if (path / "fitted.skops").is_file():
+        for key, value in _skops_load(path / "fitted.skops", trusted).items():
             setattr(fusion, key, value)
     fusion.classes_ = np.asarray(meta["classes"]["values"], dtype=np.dtype(meta["classes"]["dtype"]))
     fusion.members_ = members
