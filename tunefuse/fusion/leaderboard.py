@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 
 from .. import features
+from .members import Cached
 from .output import _Fusion
 from .persist import save_fusion, save_member
 
@@ -55,6 +56,7 @@ def _log_loss(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
 
 
 def _size_mb(model: Any) -> float:
+    model = model.estimator if isinstance(model, Cached) else model
     with tempfile.TemporaryDirectory() as d:
         try:
             if isinstance(model, _Fusion):
@@ -115,7 +117,7 @@ def leaderboard(models: Mapping[str, Any], X_val: Any, y_val: Any, X_test: Any =
         fused = _is_fusion(model)
         rows.append({
             "model": name,
-            "kind": type(model).__name__ if fused else "member",
+            "kind": type(model.estimator if isinstance(model, Cached) else model).__name__ if fused else "member",
             "val_score": score(np.asarray(y_val), p_val, classes),
             "val_loss": _log_loss(np.asarray(y_val), p_val, classes),
             "test_score": test_score,

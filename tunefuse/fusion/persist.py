@@ -117,6 +117,9 @@ def save_member(estimator: Any, path: str | os.PathLike) -> Path:
         if _has_own_persistence(estimator):
             fmt = "tunefuse"
             estimator.save(tmp / "model")
+        elif _is_own_fusion(estimator):  # a fusion as a member (a stack of k-fold bags): its own folder layout
+            fmt = "fusion"
+            save_fusion(estimator, tmp / "model")
         else:
             fmt = "skops"
             sio.dump(estimator, tmp / "model.skops")
@@ -139,7 +142,14 @@ def load_member(path: str | os.PathLike, *, trusted: Iterable[str | type] | None
         return _import_own(meta["class"], path).load(path / "model")
     if meta.get("format") == "skops":
         return _skops_load(path / "model.skops", trusted)
-    raise ValueError(f"{path}/member.json has format={meta.get('format')!r}: expected 'tunefuse' or 'skops'")
+    if meta.get("format") == "fusion":
+        return load_fusion(path / "model", trusted=trusted)
+    raise ValueError(f"{path}/member.json has format={meta.get('format')!r}: expected 'tunefuse', 'fusion' or "
+                     "'skops'")
+
+
+def _is_own_fusion(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == _OWN_PACKAGE and hasattr(obj, "members_")
 
 
 def _jsonable(value: Any) -> Any:
@@ -174,7 +184,7 @@ def save_fusion(fusion: Any, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     cls = type(fusion)
-    if cls.__module__.split(".")[0] != _OWN_PACKAGE or not hasattr(fusion, "members_"):
+    if not _is_own_fusion(fusion):
         raise TypeError(f"fusion={cls.__name__} is not a fitted tunefuse fusion: fit one from "
                         "tunefuse.fusion.output first, or use save_member for a single model")
     members = fusion.members_
