@@ -183,9 +183,11 @@ def main() -> None:
     fusion_rows = board[~board["model"].isin(list(fitted) + ["tfidf_logreg"])]
     best_fusion = fusion_rows.iloc[0]
 
-    # Distillation of the best output-space fusion (the one whose inference cost is K models; a soup already costs
-    # one) into one LP-FT student, on its soft labels for the labelled rows plus unlabelled reviews.
-    teacher_name = fusion_rows[fusion_rows["kind"] != "WeightFusion"].iloc[0]["model"]
+    # Distillation of an output-space fusion (inference cost K models; a soup already costs one) into one LP-FT
+    # student, on its soft labels for the labelled rows plus unlabelled reviews. The teacher is the one with the
+    # best validation log-loss: the student learns its probabilities, not its argmax (chosen by accuracy, a hard
+    # vote, whose "probabilities" are vote shares, was picked once and taught a student that kept 3% of the lift).
+    teacher_name = fusion_rows[fusion_rows["kind"] != "WeightFusion"].sort_values("val_loss").iloc[0]["model"]
     teacher = fusions.get(teacher_name) or bags[teacher_name]
     student = Distillation(teacher,
                            Finetuner("minilm-l6", "lp-ft", epochs=args.student_epochs, verbose=0),
