@@ -95,19 +95,17 @@ def main() -> None:
     X, y, Xt, yt = load_reviews(args.train, args.test)
     pool, _, _, _ = load_reviews(args.train + args.unlabeled, args.test)  # same shuffle: rows after the train ones
     X_unlabeled = pool.iloc[args.train:]
-    tr, va = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=y)
-    Xtr, ytr, Xva, yva = X.iloc[tr], y[tr], X.iloc[va], y[va]
+    Xtr, ytr, Xva, yva = held_out_split(X, y)
     print(f"reviews: {len(Xtr)} train, {len(Xva)} validation, {len(Xt)} test, {len(X_unlabeled)} unlabelled; "
           f"majority {max(yt.mean(), 1 - yt.mean()):.4f}", flush=True)
 
     fitted: dict[str, object] = {}
-    data = hashlib.sha1(json.dumps([Xtr["text"].tolist(), ytr.tolist(), Xva["text"].tolist()]).encode()).hexdigest()
-    run_dir = Path(args.run_dir) / f"train{len(Xtr)}_val{len(Xva)}_{data[:10]}"  # another split: other members
+    # Keyed by the exact rows: another split gets other members.
+    run_dir = Path(args.run_dir) / f"train{len(Xtr)}_val{len(Xva)}_{digest(Xtr, ytr, Xva)}"
     for name, est in members_spec(args.epochs).items():
         fitted[name], how = fit_or_load(est, run_dir / "members" / name, args.fresh, Xtr, ytr, Xva, yva)
         print(f"  member {name}: {how}, fit {fitted[name].fit_time_:.0f} s", flush=True)
-    cv_data = hashlib.sha1(json.dumps([X["text"].tolist(), y.tolist()]).encode()).hexdigest()
-    cv_dir = Path(args.run_dir) / f"cv{args.folds}_train{len(X)}_{cv_data[:10]}"
+    cv_dir = Path(args.run_dir) / f"cv{args.folds}_train{len(X)}_{digest(X, y)}"
     bags: dict[str, Bagging] = {}
     for name, est in crossfit_spec(args.epochs).items():
         bag = Bagging(est, mode="kfold", n_splits=args.folds, fold_validation=True)
@@ -188,7 +186,7 @@ def main() -> None:
     # best validation log-loss: the student learns its probabilities, not its argmax (chosen by accuracy, a hard
     # vote, whose "probabilities" are vote shares, was picked once and taught a student that kept 3% of the lift).
     teacher_name = fusion_rows[fusion_rows["kind"] != "WeightFusion"].sort_values("val_loss").iloc[0]["model"]
-    teacher = fusions.get(teacher_name) or bags[teacher_name]
+    teacher = {**fusions, **dict(cv_members)}[teacher_name]
     student = Distillation(teacher,
                            Finetuner("minilm-l6", "lp-ft", epochs=args.student_epochs, verbose=0),
                            X_unlabeled=X_unlabeled).fit(Xtr, ytr, X_val=Xva, y_val=yva)
@@ -209,6 +207,18 @@ def main() -> None:
     print(f"best_fusion={best_fusion['model']} acc={best_fusion['test_score']:.4f} "
           f"best_member_acc={best_member['test_score']:.4f} lift_pt={100 * lift:.2f} "
           f"soup_acc={soup_best['test_score']:.4f} distilled_acc={distilled:.4f}")
+
+
+def held_out_split(X, y):
+    """The held-out protocol's split of the labelled rows: 80 % train the members, 20 % fit the fusions."""
+    tr, va = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=y)
+    return X.iloc[tr], y[tr], X.iloc[va], y[va]
+
+
+def digest(*parts) -> str:
+    """A short hash of texts and labels: saved members are keyed by the exact rows they were fitted on."""
+    lists = [p["text"].tolist() if hasattr(p, "columns") else np.asarray(p).tolist() for p in parts]
+    return hashlib.sha1(json.dumps(lists).encode()).hexdigest()[:10]
 
 
 def fit_or_load(est, path: Path, fresh: bool, X, y, X_val=None, y_val=None):

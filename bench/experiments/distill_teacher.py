@@ -17,13 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-import hashlib  # noqa: E402
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-from fusion_quality import fit_or_load, members_spec  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+from fusion_quality import digest, fit_or_load, held_out_split, members_spec  # noqa: E402
 
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
@@ -36,10 +32,8 @@ def main() -> None:
     X, y, Xt, yt = load_reviews(2000, 4000)
     pool, _, _, _ = load_reviews(2000 + 2000, 4000)
     X_unlabeled = pool.iloc[2000:]
-    tr, va = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=y)
-    Xtr, ytr, Xva, yva = X.iloc[tr], y[tr], X.iloc[va], y[va]
-    data = hashlib.sha1(json.dumps([Xtr["text"].tolist(), ytr.tolist(), Xva["text"].tolist()]).encode()).hexdigest()
-    run_dir = Path("runs/bench_fusion_quality") / f"train{len(Xtr)}_val{len(Xva)}_{data[:10]}"
+    Xtr, ytr, Xva, yva = held_out_split(X, y)
+    run_dir = Path("runs/bench_fusion_quality") / f"train{len(Xtr)}_val{len(Xva)}_{digest(Xtr, ytr, Xva)}"
     members = [(n, fit_or_load(e, run_dir / "members" / n, False, Xtr, ytr, Xva, yva)[0])
                for n, e in members_spec(3).items()]
     teacher = EnsembleSelection(cached(members) + cached([("tfidf", tfidf_logreg().fit(Xtr, ytr))]), prefit=True)

@@ -12,6 +12,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
+from sklearn.model_selection import StratifiedKFold
+from sklearn.utils import _safe_indexing
 
 from .. import features
 from .members import Cached
@@ -56,7 +58,6 @@ def _log_loss(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
 
 
 def _size_mb(model: Any) -> float:
-    model = model.estimator if isinstance(model, Cached) else model
     with tempfile.TemporaryDirectory() as d:
         try:
             if isinstance(model, _Fusion):
@@ -115,15 +116,16 @@ def leaderboard(models: Mapping[str, Any], X_val: Any, y_val: Any, X_test: Any =
             p_test, t_pred = _timed_proba(model, X_test)
             test_score = score(np.asarray(y_test), p_test, classes)
         fused = _is_fusion(model)
+        inner = model.estimator if isinstance(model, Cached) else model  # a Cached member: what it wraps
         rows.append({
             "model": name,
-            "kind": type(model.estimator if isinstance(model, Cached) else model).__name__ if fused else "member",
+            "kind": type(inner).__name__ if fused else "member",
             "val_score": score(np.asarray(y_val), p_val, classes),
             "val_loss": _log_loss(np.asarray(y_val), p_val, classes),
             "test_score": test_score,
             "fit_time_s": float(getattr(model, "fit_time_", math.nan)),
             "predict_time_s": t_pred,
-            "size_mb": _size_mb(model),
+            "size_mb": _size_mb(inner),
             "weights": " ".join(f"{k}:{v:.2f}" for k, v in model.weights_.items()) if fused else "",
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
@@ -146,9 +148,6 @@ def cross_val_fusion(fusion: Any, X: Any, y: Any, *, n_splits: int = 5, random_s
     >>> cross_val_fusion(Voting([("nb", nb)], weights="fit", prefit=True), X[1::2], y[1::2], n_splits=3).shape
     (75, 3)
     """
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.utils import _safe_indexing
-
     y = np.asarray(y)
     out = None
     for tr, te in StratifiedKFold(n_splits, shuffle=True, random_state=random_state).split(np.zeros(len(y)), y):

@@ -29,9 +29,11 @@ from .members import check_fitted_members, check_members, member_proba
 _EPS = 1e-15  # clip probabilities before log, as sklearn's log_loss does
 
 
-def _fit(est: Any, X: Any, y: np.ndarray, sample_weight: np.ndarray | None) -> Any:
+def _fit(est: Any, X: Any, y: np.ndarray, sample_weight: np.ndarray | None, **fit_params: Any) -> Any:
     # Only pass sample_weight when given: many estimators (e.g. Pipeline) do not accept the keyword.
-    return est.fit(X, y) if sample_weight is None else est.fit(X, y, sample_weight=sample_weight)
+    if sample_weight is not None:
+        fit_params["sample_weight"] = sample_weight
+    return est.fit(X, y, **fit_params)
 
 
 def _check_choice(param: str, value: Any, choices: tuple) -> None:
@@ -202,9 +204,8 @@ class Voting(_Fusion):
         elif w is None:
             w = np.full(len(fitted), 1.0 / len(fitted))
         if self.prefit == "oof":  # the fusion's own out-of-fold predictions: its weights refitted per fold
-            fixed = w
             votes = np.eye(P.shape[2])[P.argmax(2)] if self.voting == "hard" else P
-            self.oof_proba_ = _cross_fit_weights(_fit_simplex_weights if fit_weights else (lambda *_: fixed),
+            self.oof_proba_ = _cross_fit_weights(_fit_simplex_weights if fit_weights else (lambda *_: w),
                                                  P, y_idx, sw, apply=votes)
         # Members are fitted above on the original labels (sklearn's VotingClassifier would refit them
         # on encoded labels), so each stays usable alone; frozen, they just get averaged here.
@@ -384,12 +385,8 @@ class Bagging(_Fusion):
             held_out = bool(self.fold_validation) and has_fit_parameter(self.estimator, "X_val")
             for i, (tr, te) in enumerate(folds):
                 X_te = _safe_indexing(X, te)
-                est = clone(self.estimator)
-                if held_out:  # early stopping on the held-out fold
-                    est.fit(_safe_indexing(X, tr), y[tr], **({} if sw is None else {"sample_weight": sw[tr]}),
-                            X_val=X_te, y_val=y[te])
-                else:
-                    _fit(est, _safe_indexing(X, tr), y[tr], None if sw is None else sw[tr])
+                val = {"X_val": X_te, "y_val": y[te]} if held_out else {}  # early stopping on the held-out fold
+                est = _fit(clone(self.estimator), _safe_indexing(X, tr), y[tr], None if sw is None else sw[tr], **val)
                 self.oof_proba_[te] = _aligned_proba(est, X_te, self.classes_)
                 self.members_.append((f"fold{i}", est))
             self.oof_score_ = float(accuracy_score(y, self.classes_[self.oof_proba_.argmax(1)], sample_weight=sw))
@@ -512,13 +509,9 @@ class Stacking(_Fusion):
     def _fit_oof(self, members, X, y, sample_weight, final, start) -> "Stacking":
         # Hand-written: StackingClassifier computes its own out-of-fold predictions by refitting the members;
         # here they exist already (the k-fold bags), so only the meta-learner is fitted, as sklearn would.
-        y = np.asarray(y)
-        check_classification_targets(y)
-        check_consistent_length(X, y)
-        classes = check_fitted_members(members)
-        _check_same_classes(y, classes)
+        members, _, X, y, sw = _prepare(members, X, y, sample_weight, prefit="oof", holdout=None)
         meta = self._meta_features(_holdout_proba("oof", members, X, y), X)
-        kw = {} if sample_weight is None else {"sample_weight": np.asarray(sample_weight, dtype=float)}
+        kw = {} if sw is None else {"sample_weight": sw}
         cv = self.cv if self.cv is not None else 5
         cv = StratifiedKFold(cv, shuffle=True, random_state=0) if isinstance(cv, (int, np.integer)) else cv
         oof = cross_val_predict(clone(final), meta, y, cv=cv, method="predict_proba", params=kw)
