@@ -40,6 +40,9 @@ def test_bad_data(X, y, exc, match):
     (dict(pooling="max"), r"pooling='max' is invalid; fix: pass one of \['auto', 'mean', 'native'\]"),
     (dict(precision="fp8"), r"precision='fp8' is not one of \('auto', 'bf16', 'fp32'\)"),
     (dict(early_stopping="sometimes"), r"early_stopping='sometimes' is invalid; fix: pass True, False or 'auto'"),
+    (dict(template="Review:"), r"template='Review:' is invalid; fix: pass None or a str with exactly one '\{text\}'"),
+    (dict(template="{text} {label}"), r"template='\{text\} \{label\}' is invalid"),
+    (dict(template="{text} {text}"), r"template='\{text\} \{text\}' is invalid"),
 ])
 def test_bad_params(params, match):
     with pytest.raises(ValueError, match=match):

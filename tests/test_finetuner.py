@@ -162,3 +162,34 @@ def test_native_pooling_feeds_bert_pooler(reviews):
     with torch.inference_mode():
         pooled = native.model_.bert(**enc).pooler_output
     np.testing.assert_allclose(native._head_inputs(texts), pooled.numpy(), atol=2e-2)
+
+
+def test_template_wraps_every_text_and_keys_the_feature_cache(fitted, reviews):
+    X, y, Xt, _ = reviews
+    prompted = Finetuner(strategy="head", template='Review: "{text}" Liked?', **TINY).fit(X, y)
+    texts = list(Xt["text"][:4])
+    assert prompted._prompted(texts) == [f'Review: "{t}" Liked?' for t in texts]
+    enc = prompted.tokenizer_(prompted._prompted(texts), padding=True, truncation=True,
+                              max_length=prompted.max_length_, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = prompted.model_.bert(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    # the cached features of the prompted member are the prompted texts' features, not the raw texts' ones that
+    # the unprompted head-only member put in the same cache
+    np.testing.assert_allclose(prompted._features(texts), expected, atol=2e-2)
+    assert not np.allclose(fitted["head"]._features(texts), expected, atol=2e-2)
+    assert clone(prompted).get_params()["template"] == 'Review: "{text}" Liked?'
+
+
+def test_gguf_decoder_backbone_fits_saves_and_reloads(reviews, tmp_path):
+    """SmolLM2-135M from its package's GGUF file (dequantised on load), cut to 2 layers: a head-only member with
+    mean pooling over a prompted text, saved as ordinary safetensors and reloaded to the same predictions."""
+    X, y, Xt, _ = reviews
+    clf = Finetuner("smollm2-135m", "head", pooling="mean", template="Review: {text}",
+                    config_overrides={"num_hidden_layers": 2}, verbose=0).fit(X[:32], y[:32])
+    assert type(clf.model_).__name__ == "LlamaForSequenceClassification" and clf.pooling_ == "mean"
+    proba = clf.predict_proba(Xt[:8])
+    clf.save(tmp_path / "smol")
+    again = Finetuner.load(tmp_path / "smol")
+    np.testing.assert_allclose(again.predict_proba(Xt[:8]), proba, atol=1e-5)

