@@ -9,7 +9,7 @@ backbone families: MiniLM-L6 (an encoder, fine-tuned) and SmolLM2-135M (a decode
 reviews. The best fusion and the best member are both chosen by validation score (ties: validation log-loss),
 never by test score.
 
-    python bench/fusion_quality.py                       # about 2 hours on 2 cores; a rerun reuses the members
+    python bench/fusion_quality.py                       # about 2.5 hours on 2 cores; a rerun reuses the members
     python bench/fusion_quality.py --train 400 --test 400 --epochs 1   # a quick look
 
 Fitted members and bags are saved under ``--run-dir`` (safetensors + JSON) and reloaded by a rerun whose
@@ -44,7 +44,7 @@ from tunefuse.fusion.members import cached  # noqa: E402
 
 
 def members_spec(epochs: int) -> dict[str, Finetuner]:
-    """Eight fine-tuned members of one backbone: different seeds, learning rates and strategies.
+    """Eight fine-tuned MiniLM members (different seeds, learning rates and strategies) and a SmolLM2 probe.
 
     The five LP-FT members are the soup recipe (Wortsman et al., 2022 soup a hyper-parameter sweep of one recipe):
     they share the pretrained backbone and, because the L-BFGS probe is deterministic, the same probed head, so
