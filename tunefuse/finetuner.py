@@ -200,6 +200,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 model.hf_quantizer, model.is_quantized = None, False
                 if hasattr(model.config, "quantization_config"):
                     del model.config.quantization_config
+        except ImportError as e:  # e.g. gguf, which only the GGUF backbones need
+            raise ValueError(f"backbone={self.backbone!r} needs a package that is not installed ({str(e)[:200]}); "
+                             f"fix: {(entry.install if entry else '') or 'install the package the message names'}"
+                             ) from e
         except (OSError, ValueError) as e:
             raise ValueError(f"backbone={self.backbone!r} could not be loaded from {source!r} ({str(e)[:200]}); fix: "
                              "pass a registered name, a folder with config.json + model.safetensors + tokenizer, "
