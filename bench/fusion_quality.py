@@ -67,8 +67,8 @@ def members_spec(epochs: int) -> dict[str, Finetuner]:
 
 # A second backbone family, for errors less correlated with MiniLM's: SmolLM2-135M (a decoder) read frozen, its first
 # 20 of 30 layers mean-pooled over a prompted review, with a linear head. Mid-depth features of decoders probe better
-# than the last layer (measured on the 2,000 labelled rows, 5-fold logistic regression: layer 20 0.8985, layer 30
-# 0.880) and 20 layers cost two thirds of the forward pass. Head-only: fine-tuning 135 M parameters at ~7 s a step
+# than the last layer (bench/experiments/smollm2_layers.py, 2,000 labelled rows, 5-fold logistic regression:
+# layer 20 0.8985, layer 30 0.880) and 20 layers cost two thirds of the forward pass. Head-only: fine-tuning 135 M parameters at ~7 s a step
 # would not fit this run, and frozen features are computed once for every member and fold model that reads them.
 REVIEW_PROMPT = 'Review of a clothing item: "{text}"\nDid the customer like the item?'
 
