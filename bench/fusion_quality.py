@@ -68,8 +68,9 @@ def members_spec(epochs: int) -> dict[str, Finetuner]:
 # A second backbone family, for errors less correlated with MiniLM's: SmolLM2-135M (a decoder) read frozen, its first
 # 20 of 30 layers mean-pooled over a prompted review, with a linear head. Mid-depth features of decoders probe better
 # than the last layer (bench/experiments/smollm2_layers.py, 2,000 labelled rows, 5-fold logistic regression:
-# layer 20 0.8985, layer 30 0.880) and 20 layers cost two thirds of the forward pass. Head-only: fine-tuning 135 M parameters at ~7 s a step
-# would not fit this run, and frozen features are computed once for every member and fold model that reads them.
+# layer 20 0.8985, layer 30 0.880) and 20 layers cost two thirds of the forward pass. Head-only: fine-tuning 135 M
+# parameters at ~7 s a step would not fit this run, and frozen features are computed once for every member and fold
+# model that reads them.
 REVIEW_PROMPT = 'Review of a clothing item: "{text}"\nDid the customer like the item?'
 
 
@@ -214,7 +215,8 @@ def main() -> None:
     board = sort_leaderboard(pd.concat([board, leaderboard(extra, Xva, yva, Xt, yt)]))
     print("\n" + format_leaderboard(board))
 
-    soup_best = board[board["model"].isin(["uniform_soup", "greedy_soup", "greedy_soup_all"])].iloc[0]  # board is sorted
+    soups = board[board["model"].isin(["uniform_soup", "greedy_soup", "greedy_soup_all"])]
+    soup_best = soups.iloc[0]  # the board is sorted: the soup with the best validation score
     distilled = board.set_index("model").loc["distilled_student", "test_score"]
     lift = best_fusion["test_score"] - best_member["test_score"]
     kept = (distilled - best_member["test_score"]) / lift if lift > 0 else float("nan")

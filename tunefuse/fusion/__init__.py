@@ -25,6 +25,5 @@ def get_fusion_method(name: str) -> FusionMethod:
 
 __all__ = ["Bagging", "Boosting", "Distillation", "EnsembleSelection", "FUSION_METHODS", "Stacking", "Voting",
            "WeightFusion", "check_fitted_members", "check_members", "cross_val_fusion", "format_leaderboard",
-           "get_fusion_method",
-           "get_output_method", "leaderboard", "load_fusion", "load_member", "member_proba", "save_fusion",
-           "save_member", "soup_from_checkpoints"]
+           "get_fusion_method", "get_output_method", "leaderboard", "load_fusion", "load_member", "member_proba",
+           "save_fusion", "save_member", "soup_from_checkpoints"]
