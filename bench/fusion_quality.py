@@ -129,6 +129,11 @@ def main() -> None:
         bags[name], how = fit_or_load(bag, cv_dir / name, args.fresh, X, y)
         print(f"  bag {name}: {how}, fit {bags[name].fit_time_:.0f} s, out-of-fold acc {bags[name].oof_score_:.4f}",
               flush=True)
+    # How alike the bags' mistakes are: a fusion gains most from members whose errors differ
+    wrong = {name: (bag.classes_[bag.oof_proba_.argmax(1)] != y).astype(float) for name, bag in bags.items()}
+    for name, w in wrong.items():
+        print(f"  out-of-fold error correlation of {name}: " + ", ".join(
+            f"{other} {np.corrcoef(w, v)[0, 1]:.2f}" for other, v in wrong.items() if other != name), flush=True)
     if args.members_only:
         return
     tuned = list(fitted.items())
