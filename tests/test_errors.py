@@ -39,6 +39,7 @@ def test_bad_data(X, y, exc, match):
     (dict(dropout=1.0), r"dropout=1.0 is invalid; fix: pass a float in \[0, 1\) or None"),
     (dict(pooling="max"), r"pooling='max' is invalid; fix: pass one of \['auto', 'mean', 'native'\]"),
     (dict(precision="fp8"), r"precision='fp8' is not one of \('auto', 'bf16', 'fp32'\)"),
+    (dict(probe_standardize="yes"), r"probe_standardize='yes' is invalid; fix: pass True or False"),
     (dict(early_stopping="sometimes"), r"early_stopping='sometimes' is invalid; fix: pass True, False or 'auto'"),
     (dict(template="Review:"), r"template='Review:' is invalid; fix: pass None or a str with exactly one '\{text\}'"),
     (dict(template="{text} {label}"), r"template='\{text\} \{label\}' is invalid"),

@@ -4,7 +4,7 @@ import torch
 from sklearn.base import clone
 
 from tunefuse import STRATEGIES, Finetuner
-from tunefuse.train import PROBE_L2_GRID, param_groups
+from tunefuse.train import PROBE_L2_GRID, PROBE_L2_GRID_STANDARDIZED, param_groups
 
 from .conftest import TINY
 
@@ -96,6 +96,28 @@ def test_probe_picks_its_l2_on_validation_and_beats_the_majority(reviews):
     assert clf.score(Xt, yt) > max(yt.mean(), 1 - yt.mean())  # the probe learns more than the majority class
 
 
+def test_standardized_probe_is_scikit_learns_logistic_regression_on_standardized_features(reviews):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, Xt, yt = reviews
+    l2 = 0.05
+    clf = Finetuner(strategy="head", probe_standardize=True, probe_l2=l2, **TINY).fit(X, y, X_val=Xt, y_val=yt)
+    x, xt = clf._features(list(X["text"])), clf._features(list(Xt["text"]))
+    mu, sd = x.mean(0), x.std(0, ddof=1)
+    # the head's two softmax rows split the binary weight vector: l2/2·||W||² = l2/4·||v||², i.e. C = 2 / (n·l2)
+    ref = LogisticRegression(C=2 / (len(x) * l2), tol=1e-8, max_iter=5000).fit((x - mu) / sd, y)
+    np.testing.assert_allclose(clf.predict_proba(Xt), ref.predict_proba((xt - mu) / sd), atol=2e-3)
+    # the fitted head reads raw features: standardisation is folded into its weights, so it saves as before
+    assert clf.model_.classifier.in_features == x.shape[1]
+
+
+def test_standardized_probe_picks_its_l2_from_its_own_grid(reviews):
+    X, y, Xt, yt = reviews
+    clf = Finetuner(strategy="head", probe_standardize=True, **TINY).fit(X, y, X_val=Xt, y_val=yt)
+    assert [h["l2"] for h in clf.history_ if h["stage"] == "probe"] == list(PROBE_L2_GRID_STANDARDIZED)
+    assert clf.score(Xt, yt) > max(yt.mean(), 1 - yt.mean())
+
+
 def test_validation_split_is_carved_when_none_given(reviews):
     X, y, _, _ = reviews
     clf = Finetuner(strategy="head", early_stopping=True, validation_fraction=0.25, **TINY).fit(X, y)
@@ -184,11 +206,13 @@ def test_template_wraps_every_text_and_keys_the_feature_cache(fitted, reviews):
 
 def test_gguf_decoder_backbone_fits_saves_and_reloads(reviews, tmp_path):
     """SmolLM2-135M from its package's GGUF file (dequantised on load), cut to 2 layers: a head-only member with
-    mean pooling over a prompted text, saved as ordinary safetensors and reloaded to the same predictions."""
+    mean pooling over a prompted text and a standardised probe (Llama's head has no bias: scaled only, as the bench's
+    member), saved as ordinary safetensors and reloaded to the same predictions."""
     X, y, Xt, _ = reviews
-    clf = Finetuner("smollm2-135m", "head", pooling="mean", template="Review: {text}",
+    clf = Finetuner("smollm2-135m", "head", pooling="mean", template="Review: {text}", probe_standardize=True,
                     config_overrides={"num_hidden_layers": 2}, verbose=0).fit(X[:32], y[:32])
     assert type(clf.model_).__name__ == "LlamaForSequenceClassification" and clf.pooling_ == "mean"
+    assert clf.model_.score.bias is None
     proba = clf.predict_proba(Xt[:8])
     clf.save(tmp_path / "smol")
     again = Finetuner.load(tmp_path / "smol")

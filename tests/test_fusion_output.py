@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import skops.io as sio
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -25,7 +26,8 @@ from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 from threadpoolctl import threadpool_limits
 
-from tunefuse.fusion.leaderboard import COLUMNS, cross_val_fusion, format_leaderboard, leaderboard
+from tunefuse.fusion.leaderboard import (COLUMNS, cross_val_fusion, format_leaderboard, leaderboard,
+                                        sort_leaderboard)
 from tunefuse.fusion.members import check_members, member_proba
 from tunefuse.fusion.output import (OUTPUT_METHODS, Bagging, Boosting, EnsembleSelection, Stacking, Voting,
                                     get_output_method)
@@ -359,6 +361,20 @@ def test_leaderboard_has_one_row_per_model(text_data):
     text = format_leaderboard(df)
     assert text.splitlines()[0].split() == COLUMNS and len(text.splitlines()) == 4
     assert np.isnan(leaderboard(models, X_va, y_va)["test_score"]).all()
+    # accuracy's standard error over the 60 validation rows is the binomial one
+    acc = row["val_score"]
+    np.testing.assert_allclose(row["val_se"], np.sqrt(acc * (1 - acc) / 60))
+
+
+def test_leaderboard_ranks_by_the_lower_bound_so_few_rows_do_not_win_by_noise():
+    board = pd.DataFrame({"model": ["ties_400_rows", "vote_2000_rows", "member_a", "member_b"],
+                          "val_score": [0.9100, 0.9085, 0.9050, 0.9050],
+                          "val_se": [np.sqrt(0.91 * 0.09 / 400), np.sqrt(0.9085 * 0.0915 / 2000),
+                                     np.sqrt(0.905 * 0.095 / 400), np.sqrt(0.905 * 0.095 / 400)],
+                          "val_loss": [0.42, 0.23, 0.35, 0.30]})
+    assert list(sort_leaderboard(board)["model"]) == ["vote_2000_rows", "ties_400_rows", "member_b", "member_a"]
+    # a board without standard errors (written before they existed) sorts by score, ties by log-loss
+    assert list(sort_leaderboard(board.drop(columns="val_se"))["model"])[:2] == ["ties_400_rows", "vote_2000_rows"]
 
 
 def _nb():
