@@ -92,6 +92,7 @@ def crossfit_spec(epochs: int) -> dict[str, Finetuner]:
     return {
         "cv5_lpft_lr3e-5": Finetuner("minilm-l6", "lp-ft", random_state=0, lr=3e-5, **kw),
         "cv5_full_lr5e-5": Finetuner("minilm-l6", "full", random_state=3, lr=5e-5, **kw),
+        "cv5_full_lr3e-5": Finetuner("minilm-l6", "full", random_state=5, lr=3e-5, **kw),
         "cv5_lora_lr5e-4": Finetuner("minilm-l6", "lora", random_state=4, lr=5e-4, **kw),
         "cv5_smol_head": smol_head(**kw),
     }
