@@ -10,7 +10,7 @@ reviews. The best fusion and the best member are both chosen by validation score
 held-out fusions' scores rest on 400 rows, the cross-fitted ones on 2,000; ties: validation log-loss), never by
 test score.
 
-    python bench/fusion_quality.py                       # about 2.5 hours on 2 cores; a rerun reuses the members
+    python bench/fusion_quality.py                       # about 3 hours on 2 cores; a rerun reuses the members
     python bench/fusion_quality.py --train 400 --test 400 --epochs 1   # a quick look
 
 Fitted members and bags are saved under ``--run-dir`` (safetensors + JSON) and reloaded by a rerun whose
