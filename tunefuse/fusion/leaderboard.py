@@ -189,7 +189,7 @@ def sort_leaderboard(df: pd.DataFrame) -> pd.DataFrame:
 
     Rows may be scored on different numbers of rows: a fusion fitted on 400 held-out rows is cross-fitted over those
     400, one over k-fold bags is scored out-of-fold on every labelled row. Ranked by the raw score, the maximum over
-    many candidates goes to the noisiest estimates (bench/results/fusion_quality.txt of 2026-11-29: TIES, 0.9100 on
+    many candidates goes to the noisiest estimates (bench/fusion_quality.py as of commit f1fbe87: TIES, 0.9100 on
     400 rows, outranked a weighted vote at 0.9085 on 2,000 rows and scored 0.8988 against its 0.9028 on test); one
     standard error off each score puts them on a common, pessimistic footing. Rows scored on the same number of rows
     keep the order of their scores (accuracy above 0.5). A few hundred rows give accuracy in coarse steps, so many
