@@ -145,9 +145,7 @@ def fit_standardized_probe(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tens
     ``head`` so that it reads the raw features: W = V / σ, b = c - W·μ. The L2 penalty then weighs every feature
     alike, as scikit-learn's StandardScaler + LogisticRegression does; decoders' hidden states have a few outlier
     dimensions orders of magnitude larger than the rest, which a penalty on raw weights favours. A head without a
-    bias is only scaled (StandardScaler(with_mean=False)): on SmolLM2's layer-20 features that scored 0.898 5-fold
-    against 0.8985 centred (scikit-learn on the layer-20 features of bench/experiments/smollm2_layers.py,
-    5-fold, best C of 4)."""
+    bias (Llama's score) is only scaled, as StandardScaler(with_mean=False) with no intercept would be."""
     biased = head.bias is not None  # a bias-less head (Llama's score) can only be scaled: the mean stays in
     mu = x.float().mean(0) if biased else torch.zeros(x.shape[1], device=x.device)
     sd = x.float().std(0).clamp_min(1e-6)
