@@ -62,11 +62,11 @@ def test_load_errors_name_the_problem(fitted, tmp_path):
         Finetuner.load(tmp_path)
     path = fitted.save(tmp_path / "ckpt")
     meta = json.loads((path / "tunefuse.json").read_text())
-    (path / "tunefuse.json").write_text(json.dumps(dict(meta, classes=["a", "b", "c"])))
-    with pytest.raises(ValueError, match="head has 2 outputs but tunefuse.json lists 3 classes"):
+    (path / "tunefuse.json").write_text(json.dumps(dict(meta, labels=["a", "b", "c"])))
+    with pytest.raises(ValueError, match="head has 2 outputs but tunefuse.json lists 3 labels"):
         Finetuner.load(path)
     (path / "tunefuse.json").write_text(json.dumps(dict(meta, format="other/9")))
-    with pytest.raises(ValueError, match="expected 'tunefuse.finetuner/1'"):
+    with pytest.raises(ValueError, match=r"expected one of \['tunefuse.finetuner/1', 'tunefuse.finetuner/2'\]"):
         Finetuner.load(path)
     (path / "tunefuse.json").write_text(json.dumps(meta))
     (path / "model.safetensors").unlink()

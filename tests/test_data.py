@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from tunefuse.data import collate, epoch_order, predict_batches, split_by_length
-from tunefuse.finetuner import Finetuner
+from tunefuse.loading import load_pretrained
 
 from .conftest import TINY
 
@@ -30,7 +30,8 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
 
 def test_micro_batches_give_the_full_batch_gradient(reviews):
     """Splitting a batch by length changes the compute, not the gradient (up to float rounding)."""
-    model, tok, max_len, _ = Finetuner(**TINY)._build(2)
+    model, tok, max_len, _ = load_pretrained("minilm-l6", "AutoModelForSequenceClassification", num_labels=2,
+                                             config_overrides=TINY["config_overrides"], device=torch.device("cpu"))
     model.eval()  # no dropout: both paths must see the same function
     ids = tok(reviews[0]["text"].tolist()[:8], truncation=True, max_length=max_len)["input_ids"]
     y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])

@@ -63,7 +63,7 @@ def fitted():
 
 
 def test_score_rejects_unseen_and_nan_labels(fitted):
-    with pytest.raises(ValueError, match=r"y has labels \[7\] unseen during fit; classes_ are \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"y has labels \[7\] unseen during fit; known labels are \[0, 1\]"):
         fitted.score(X2, [1, 0, 7, 0])
     with pytest.raises(ValueError, match="missing label"):
         fitted.score(X2, [1.0, 0.0, np.nan, 0.0])

@@ -4,7 +4,8 @@ import torch
 from sklearn.base import clone
 
 from tunefuse import STRATEGIES, Finetuner
-from tunefuse.train import PROBE_L2_GRID, PROBE_L2_GRID_STANDARDIZED, param_groups
+from tunefuse.probe import PROBE_L2_GRID, PROBE_L2_GRID_STANDARDIZED
+from tunefuse.train import param_groups
 
 from .conftest import TINY
 
@@ -36,7 +37,7 @@ def _backbone_distance(clf, reference):
 
 @pytest.fixture(scope="module")
 def pretrained():
-    return Finetuner(strategy="head", epochs=1, **TINY)._build(2)[0]
+    return Finetuner(strategy="head", epochs=1, **TINY).pretrained_model()
 
 
 def test_head_only_leaves_backbone_untouched_and_full_moves_it(fitted, pretrained):
@@ -102,7 +103,7 @@ def test_standardized_probe_is_scikit_learns_logistic_regression_on_standardized
     X, y, Xt, yt = reviews
     l2 = 0.05
     clf = Finetuner(strategy="head", probe_standardize=True, probe_l2=l2, **TINY).fit(X, y, X_val=Xt, y_val=yt)
-    x, xt = clf._features(list(X["text"])), clf._features(list(Xt["text"]))
+    x, xt = clf.features(X), clf.features(Xt)
     mu, sd = x.mean(0), x.std(0, ddof=1)
     # the head's two softmax rows split the binary weight vector: l2/2·||W||² = l2/4·||v||², i.e. C = 2 / (n·l2)
     ref = LogisticRegression(C=2 / (len(x) * l2), tol=1e-8, max_iter=5000).fit((x - mu) / sd, y)
@@ -166,7 +167,7 @@ def test_pooling_auto_follows_the_sentence_transformers_config(fitted, reviews):
     # all-MiniLM-L6-v2 declares mean pooling (1_Pooling/config.json), so every strategy's head reads the mean
     assert {clf.pooling_ for clf in fitted.values()} == {"mean"}
     head = fitted["head"]
-    feats = head._head_inputs(list(Xt["text"][:4]))
+    feats = head.features(list(Xt["text"][:4]))
     enc = head.tokenizer_(list(Xt["text"][:4]), padding=True, truncation=True, max_length=head.max_length_,
                           return_tensors="pt")
     with torch.inference_mode():
@@ -183,15 +184,14 @@ def test_native_pooling_feeds_bert_pooler(reviews):
     enc = native.tokenizer_(texts, padding=True, truncation=True, max_length=native.max_length_, return_tensors="pt")
     with torch.inference_mode():
         pooled = native.model_.bert(**enc).pooler_output
-    np.testing.assert_allclose(native._head_inputs(texts), pooled.numpy(), atol=2e-2)
+    np.testing.assert_allclose(native.features(texts), pooled.numpy(), atol=2e-2)
 
 
 def test_template_wraps_every_text_and_keys_the_feature_cache(fitted, reviews):
     X, y, Xt, _ = reviews
     prompted = Finetuner(strategy="head", template='Review: "{text}" Liked?', **TINY).fit(X, y)
     texts = list(Xt["text"][:4])
-    assert prompted._prompted(texts) == [f'Review: "{t}" Liked?' for t in texts]
-    enc = prompted.tokenizer_(prompted._prompted(texts), padding=True, truncation=True,
+    enc = prompted.tokenizer_([f'Review: "{t}" Liked?' for t in texts], padding=True, truncation=True,
                               max_length=prompted.max_length_, return_tensors="pt")
     with torch.inference_mode():
         hidden = prompted.model_.bert(**enc).last_hidden_state
@@ -199,8 +199,8 @@ def test_template_wraps_every_text_and_keys_the_feature_cache(fitted, reviews):
     expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
     # the cached features of the prompted member are the prompted texts' features, not the raw texts' ones that
     # the unprompted head-only member put in the same cache
-    np.testing.assert_allclose(prompted._features(texts), expected, atol=2e-2)
-    assert not np.allclose(fitted["head"]._features(texts), expected, atol=2e-2)
+    np.testing.assert_allclose(prompted.features(texts), expected, atol=2e-2)
+    assert not np.allclose(fitted["head"].features(texts), expected, atol=2e-2)
     assert clone(prompted).get_params()["template"] == 'Review: "{text}" Liked?'
 
 

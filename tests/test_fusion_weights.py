@@ -369,8 +369,9 @@ CALLS = {  # one smoke call per registered method; a new entry without one fails
     "greedy_soup": lambda fn, s: fn(s, **SCORE)[0],
     "wise_ft": lambda fn, s: fn(s[0], s[1], 0.5),
     "task_arithmetic": lambda fn, s: fn(s[0], s[1:], scale=0.5),
-    "ties": lambda fn, s: fn(s[0], s[1:], density=0.5),
-    "dare": lambda fn, s: fn(s[0], s[1:], density=0.5, seed=3),
+    "ties": lambda fn, s: fn(s[0], s[1:], method="ties", density=0.5),
+    "dare": lambda fn, s: fn(s[0], s[1:], method="dare", density=0.5, seed=3),
+    "dare_ties": lambda fn, s: fn(s[0], s[1:], method="dare_ties", density=0.5, seed=3),
 }
 
 
@@ -387,11 +388,11 @@ def test_registered_method_fuses_tiny_models(name, states):
 
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match=r"unknown weight method 'soup'; valid names: \['dare', 'greedy_soup'"):
+    with pytest.raises(ValueError, match=r"unknown weight method 'soup'; valid names: \['dare', 'dare_ties', 'greedy"):
         get_weight_method("soup")
     with pytest.raises(ValueError, match=r"weight method 'ties' is already registered"):
         _register("ties", uniform, "x", "y")
-    assert WEIGHT_METHODS["ties"].fn.keywords == {"method": "ties"}
+    assert WEIGHT_METHODS["ties"].options == {"method": "ties"} and WEIGHT_METHODS["ties"].search == "scale"
     with pytest.raises(dataclasses.FrozenInstanceError):
         WEIGHT_METHODS["ties"].name = "other"
     assert isinstance(WEIGHT_METHODS["dare"], WeightMethod)

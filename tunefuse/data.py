@@ -55,14 +55,20 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]
     return tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
 
 
-def collate(ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(ids: list[list[int]], pad_id: int, type_ids: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Pad one batch to its longest unit (dynamic padding); ``type_ids``: segment ids of sentence pairs (QA)."""
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for r, x in enumerate(ids):
         input_ids[r, : len(x)] = torch.tensor(x)
         mask[r, : len(x)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+    out = {"input_ids": input_ids, "attention_mask": mask}
+    if type_ids is not None:
+        out["token_type_ids"] = torch.zeros((len(ids), width), dtype=torch.long)
+        for r, t in enumerate(type_ids):
+            out["token_type_ids"][r, : len(t)] = torch.tensor(t)
+    return out
 
 
 def split_by_length(lengths: np.ndarray, overhead: int) -> list[np.ndarray]:

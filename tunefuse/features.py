@@ -11,22 +11,23 @@ from typing import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
-MAX_VECTORS = 500_000  # ~0.8 GB of 384-d float32 vectors; enough for every bundled dataset several times over
+MAX_VECTORS = 500_000  # ~0.8 GB of 384-d float32 vectors (one per text, or per token for token and span tasks)
 _CACHE: "OrderedDict[Hashable, dict[str, np.ndarray]]" = OrderedDict()
 stats = {"computed": 0, "reused": 0}  # read by tests and bench/fusion_cost.py to show the sharing
 
 
-def cached(key: Hashable, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+def cached(key: Hashable, units: Sequence[Hashable], compute: Callable[[list], list[np.ndarray]]) -> list[np.ndarray]:
+    """The features of each unit (a text's token ids, a window): computed for the missing ones only, in order."""
     table = _CACHE.setdefault(key, {})
     _CACHE.move_to_end(key)
-    missing = list(dict.fromkeys(t for t in texts if t not in table))
+    missing = list(dict.fromkeys(t for t in units if t not in table))
     if missing:
         table.update(zip(missing, compute(missing)))
     stats["computed"] += len(missing)
-    stats["reused"] += len(texts) - len(missing)
-    while sum(len(t) for t in _CACHE.values()) > MAX_VECTORS and len(_CACHE) > 1:
+    stats["reused"] += len(units) - len(missing)
+    while sum(sum(len(v) for v in t.values()) for t in _CACHE.values()) > MAX_VECTORS and len(_CACHE) > 1:
         _CACHE.popitem(last=False)
-    return np.stack([table[t] for t in texts])
+    return [table[t] for t in units]
 
 
 def clear() -> None:

@@ -1,8 +1,14 @@
-"""``Finetuner``: fine-tune a pretrained backbone with a new head, as a scikit-learn classifier."""
+"""``Finetuner``: fine-tune a pretrained backbone with a task's new head: backbone × strategy × task.
+
+The estimator stores parameters, validates and builds in ``fit``, runs the strategy's stages through the task-blind
+loop of :mod:`tunefuse.train`, predicts and saves. Everything task-specific (inputs, head, loss, decoding, metric,
+fusion) lives in the task entry of :mod:`tunefuse.tasks`.
+"""
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
+import numbers
 import time
 from pathlib import Path
 
@@ -10,19 +16,22 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from . import features
-from .backbones import resolve_backbone
 from .checkpoint import atomic_folder, read_json, write_json
-from .data import as_labels, as_texts, collate, predict_batches, split_by_length, tokenize
+from .data import predict_batches, split_by_length
 from .device import attention_implementation, autocast, pick_device, resolve_precision
+from .loading import head_module, load_pretrained, load_saved, quiet_transformers, resolve_pooling
+from .probe import PROBE_L2_GRID, PROBE_L2_GRID_STANDARDIZED, fit_linear_probe, fit_standardized_probe
 from .strategies import get_strategy
-from .train import (PROBE_L2_GRID, PROBE_L2_GRID_STANDARDIZED, LoopConfig, LoopState, fit_linear_probe,
-                    fit_standardized_probe, linear_schedule, make_optimizer,
-                    param_groups, train_loop)
+from .tasks import get_task
+from .tasks.base import encode_labels, log_loss
+from .train import LoopConfig, LoopState, linear_schedule, make_optimizer, param_groups, train_loop
 
-FORMAT = "tunefuse.finetuner/1"
+FORMAT = "tunefuse.finetuner/2"
+FORMATS_READ = ("tunefuse.finetuner/1", FORMAT)  # /1: sentence classification only, before tasks existed
 # Per-forward fixed cost in token-equivalents, used to cut a batch into length-sorted micro-batches. Measured with
 # MiniLM-L6 on 2 CPU cores (bench/finetune_speed.py, row tunefuse_micro_batches_256): at batch 16 the smaller
 # matmuls cost more than the padding they save, so only large batches of very uneven lengths are split.
@@ -30,37 +39,6 @@ MICRO_BATCH_OVERHEAD = 4096
 HEAD_INIT_SEED = 0
 POOLINGS = ("auto", "mean", "native")
 PREDICT_TOKENS = 8192  # tokens per inference batch: large enough to keep the matmuls efficient, small in memory
-# Config names of dropout across architectures: BERT, DistilBERT, GPT-2, Llama (hidden, attention, embeddings).
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
-                "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout")
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' load reports and progress bars: a new head is expected to be 'missing'."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
-
-
-def head_module(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
-    for name in ("classifier", "score"):  # BERT/RoBERTa/DistilBERT call it classifier; GPT-2/Llama call it score
-        if isinstance(getattr(model, name, None), torch.nn.Module):
-            return name, getattr(model, name)
-    raise ValueError(f"{type(model).__name__} has no 'classifier' or 'score' head; use strategy='full'")
-
-
-def val_metrics(proba: np.ndarray, y: np.ndarray) -> dict:
-    """Validation log-loss and accuracy of class probabilities ``proba`` against label indices ``y``."""
-    p_true = np.clip(proba[np.arange(len(y)), y], 1e-12, 1)
-    return {"val_loss": float(-np.log(p_true).mean()), "val_score": float((proba.argmax(1) == y).mean())}
 
 
 def _formats(template: str) -> bool:
@@ -72,37 +50,33 @@ def _formats(template: str) -> bool:
         return False
 
 
-def resolve_pooling(pooling: str, source: str, model: torch.nn.Module) -> str:
-    """'mean' or 'native' for ``model`` loaded from ``source``; 'auto' follows the sentence-transformers config."""
-    try:
-        head = head_module(model)[1]
-    except ValueError:
-        head = None
-    mean_ok = isinstance(head, torch.nn.Linear) and head.in_features == model.config.hidden_size and hasattr(
-        model, "base_model_prefix")
-    if pooling == "auto":
-        path = Path(source) / "1_Pooling" / "config.json"
-        declared = json.loads(path.read_text()) if path.is_file() else {}
-        return "mean" if declared.get("pooling_mode_mean_tokens") and mean_ok else "native"
-    if pooling == "mean" and not mean_ok:
-        raise ValueError(f"pooling='mean' needs a linear head on the hidden states; {type(model).__name__} has "
-                         f"{type(head).__name__ if head is not None else 'no head'}; fix: pass pooling='native'")
-    return pooling
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _is_classifier(est) -> bool:
+    return get_task(est.task).is_classifier if isinstance(est.task, str) else est.task.is_classifier
 
 
 class Finetuner(ClassifierMixin, BaseEstimator):
-    """Fine-tune a pretrained backbone on labelled texts; a scikit-learn classifier (clone, stack, bag, boost it).
+    """Fine-tune a pretrained backbone for a task; a scikit-learn estimator (clone, bag, stack, grid-search it).
 
-    Minimises Σ w_i·CE(y_i, f(x_i)) + weight decay + λ·L2-SP, with label smoothing, layer-wise lr decay and
-    early stopping on a validation split that restores the best epoch.
+    Minimises Σ w_i·L(y_i, f(x_i)) / Σ w_i + weight decay + λ·L2-SP, with label smoothing, layer-wise lr decay and
+    early stopping on a validation split that restores the best epoch. ``task``: 'text-classification' (texts ->
+    labels; a classifier with ``predict_proba``), 'token-classification' (NER: word lists -> BIO tags, or raw texts ->
+    entity spans), 'question-answering' (extractive QA: SQuAD examples -> answer texts); see ``tunefuse.tasks``.
 
     >>> clf = Finetuner("minilm-l6", epochs=1, config_overrides={"num_hidden_layers": 1}, verbose=0)
     >>> clf.fit(["great dress", "awful fit", "love it", "poor quality"], [1, 0, 1, 0]).predict(["lovely"]).shape
     (1,)
     """
 
-    def __init__(self, backbone: str = "minilm-l6", strategy: str = "full", *, epochs: int = 3,
-                 batch_size: int = 16, lr: float | None = None, probe_l2: float | None = None,
+    def __init__(self, backbone: str = "minilm-l6", strategy: str = "full", *, task="text-classification",
+                 epochs: int = 3, batch_size: int = 16, lr: float | None = None, probe_l2: float | None = None,
                  probe_standardize: bool = False,
                  weight_decay: float = 0.01, l2sp: float = 0.0, layer_decay: float = 1.0,
                  label_smoothing: float = 0.0, warmup_ratio: float = 0.06, max_grad_norm: float | None = 1.0,
@@ -114,6 +88,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                  random_state: int = 0, verbose: int = 1):
         self.backbone = backbone
         self.strategy = strategy
+        # A registered task name or a task entry with its options, e.g. QuestionAnswering(stride=128)
+        self.task = task
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr  # None: the strategy's default (5e-5 full, 3e-5 LP-FT, 5e-4 LoRA; the probe has no lr)
@@ -132,10 +108,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.patience = patience
-        self.max_length = max_length
+        self.max_length = max_length  # None: the task's default (QA: 256) or the backbone's (128)
         # A format string with one "{text}" that wraps every text before tokenisation (training, validation,
         # prediction and the cached features alike). Decoders pool better features from a prompted text, e.g.
-        # 'Review: "{text}"\nDid the customer like the item?'. None: the raw text.
+        # 'Review: "{text}"\nDid the customer like the item?'. None: the raw text. Text classification only.
         self.template = template
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
@@ -144,10 +120,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         # tunefuse_dropout_0.1 of bench/finetune_speed.py) and the short fine-tunes measured there lose no accuracy.
         # None keeps the backbone's own (0.1 for BERT); raise it for long runs on little data.
         self.dropout = dropout
-        # What the head reads: "mean" (attention-masked mean of the last hidden states: what sentence-transformers
-        # checkpoints such as all-MiniLM-L6-v2 were trained for), "native" (the architecture's own head input: BERT's
-        # pooled [CLS], a decoder's last token) or "auto" (the checkpoint's sentence-transformers pooling if it
-        # declares one, else native).
+        # What a sentence classifier's head reads: "mean" (attention-masked mean of the last hidden states: what
+        # sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained for), "native" (the architecture's
+        # own head input: BERT's pooled [CLS], a decoder's last token) or "auto" (the checkpoint's
+        # sentence-transformers pooling if it declares one, else native). Token and span tasks read every token.
         self.pooling = pooling
         self.precision = precision
         self.device = device
@@ -156,145 +132,151 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    # ------------------------------------------------------------------ validation and building
+    # ------------------------------------------------------------------ validation
+    @property
+    def task_(self):
+        """The task entry: after fit, with the options the data decided (``task_entry_``); before, from ``task``."""
+        entry = self.__dict__.get("task_entry_")
+        if entry is not None:
+            return entry
+        return get_task(self.task) if isinstance(self.task, str) else self.task
+
     def _check_params(self) -> None:
         get_strategy(self.strategy)
-        checks = [("epochs", self.epochs, self.epochs >= 1, "an int >= 1"),
-                  ("batch_size", self.batch_size, self.batch_size >= 1, "an int >= 1"),
-                  ("lr", self.lr, self.lr is None or self.lr > 0, "a float > 0 or None"),
-                  ("probe_l2", self.probe_l2, self.probe_l2 is None or self.probe_l2 >= 0, "a float >= 0 or None"),
-                  ("probe_standardize", self.probe_standardize, self.probe_standardize in (True, False),
-                   "True or False"),
-                  ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a float >= 0"),
-                  ("l2sp", self.l2sp, self.l2sp >= 0, "a float >= 0"),
-                  ("layer_decay", self.layer_decay, 0 < self.layer_decay <= 1, "a float in (0, 1]"),
-                  ("label_smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1, "a float in [0, 1)"),
-                  ("warmup_ratio", self.warmup_ratio, 0 <= self.warmup_ratio < 1, "a float in [0, 1)"),
-                  ("validation_fraction", self.validation_fraction, 0 < self.validation_fraction < 1,
-                   "a float in (0, 1)"),
-                  ("patience", self.patience, self.patience >= 1, "an int >= 1"),
-                  ("early_stopping", self.early_stopping, self.early_stopping in (True, False, "auto"),
-                   "True, False or 'auto'"),
-                  ("dropout", self.dropout, self.dropout is None or 0 <= self.dropout < 1,
-                   "a float in [0, 1) or None"),
-                  ("pooling", self.pooling, self.pooling in POOLINGS, f"one of {list(POOLINGS)}"),
-                  ("max_length", self.max_length, self.max_length is None or self.max_length >= 8, "an int >= 8"),
-                  ("template", self.template, self.template is None or (
-                      isinstance(self.template, str) and self.template.count("{text}") == 1 and _formats(
-                          self.template)), "None or a str with exactly one '{text}' and no other {...} field")]
+        task = self.task_
+        opt = lambda check: (lambda v: v is None or check(v))  # noqa: E731
+        checks = [
+            ("epochs", self.epochs, lambda v: _is_int(v) and v >= 1, "an int >= 1, e.g. epochs=3"),
+            ("batch_size", self.batch_size, lambda v: _is_int(v) and v >= 1, "an int >= 1, e.g. batch_size=16"),
+            ("lr", self.lr, opt(lambda v: _is_num(v) and v > 0), "a float > 0 or None"),
+            ("probe_l2", self.probe_l2, opt(lambda v: _is_num(v) and v >= 0), "a float >= 0 or None"),
+            ("probe_standardize", self.probe_standardize, lambda v: v in (True, False), "True or False"),
+            ("weight_decay", self.weight_decay, lambda v: _is_num(v) and v >= 0, "a float >= 0"),
+            ("l2sp", self.l2sp, lambda v: _is_num(v) and v >= 0, "a float >= 0"),
+            ("layer_decay", self.layer_decay, lambda v: _is_num(v) and 0 < v <= 1, "a float in (0, 1]"),
+            ("label_smoothing", self.label_smoothing, lambda v: _is_num(v) and 0 <= v < 1, "a float in [0, 1)"),
+            ("warmup_ratio", self.warmup_ratio, lambda v: _is_num(v) and 0 <= v < 1, "a float in [0, 1)"),
+            ("max_grad_norm", self.max_grad_norm, opt(lambda v: _is_num(v) and v > 0), "a float > 0 or None"),
+            ("validation_fraction", self.validation_fraction, lambda v: _is_num(v) and 0 < v < 1,
+             "a float in (0, 1)"),
+            ("patience", self.patience, lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+            ("early_stopping", self.early_stopping, lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
+            ("dropout", self.dropout, opt(lambda v: _is_num(v) and 0 <= v < 1), "a float in [0, 1) or None"),
+            ("pooling", self.pooling, lambda v: v in POOLINGS, f"one of {list(POOLINGS)}"),
+            ("max_length", self.max_length, opt(lambda v: _is_int(v) and v >= 8), "an int >= 8 or None"),
+            ("lora_r", self.lora_r, lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+            ("random_state", self.random_state, _is_int, "an int"),
+            ("template", self.template, opt(lambda v: isinstance(v, str) and v.count("{text}") == 1 and _formats(v)),
+             "None or a str with exactly one '{text}' and no other {...} field")]
         for name, value, ok, valid in checks:
-            if not ok:
+            try:
+                good = bool(ok(value))
+            except TypeError:
+                good = False
+            if not good:
                 raise ValueError(f"{name}={value!r} is invalid; fix: pass {valid}")
+        if not task.is_classifier and self.template is not None:
+            raise ValueError(f"template={self.template!r} applies to text classification only; fix: pass "
+                             f"template=None for task={task.name!r}")
+        if not task.is_classifier and self.pooling == "mean":
+            raise ValueError(f"pooling='mean' applies to text classification only: task={task.name!r} reads every "
+                             "token; fix: pass pooling='auto'")
         pick_device(self.device)
 
-    def _build(self, num_labels: int):
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-        source, entry = resolve_backbone(self.backbone)
-        load = dict(entry.load_kwargs if entry else {}, trust_remote_code=self.trust_remote_code)
-        # GGUF weights are dequantised to float32; anything else must be safetensors (never a pickle)
-        weights = {"dtype": torch.float32} if "gguf_file" in load else {"use_safetensors": True}
-        kwargs = dict({"attn_implementation": attention_implementation(pick_device(self.device))},
-                      **(self.config_overrides or {}), **load, **weights)
-        try:
-            with quiet_transformers():
-                if self.dropout is not None:
-                    config = AutoConfig.from_pretrained(source, **load)
-                    kwargs.update({k: self.dropout for k in DROPOUT_KEYS if isinstance(getattr(config, k, None),
-                                                                                        float)})
-                tokenizer = AutoTokenizer.from_pretrained(source, **load)
-                model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **kwargs)
-            if "gguf_file" in load:  # dequantised to plain float32 weights: save as an ordinary safetensors model
-                model.hf_quantizer, model.is_quantized = None, False
-                if hasattr(model.config, "quantization_config"):
-                    del model.config.quantization_config
-        except ImportError as e:  # e.g. gguf, which only the GGUF backbones need
-            raise ValueError(f"backbone={self.backbone!r} needs a package that is not installed ({str(e)[:200]}); "
-                             f"fix: {(entry.install if entry else '') or 'install the package the message names'}"
-                             ) from e
-        except (OSError, ValueError) as e:
-            raise ValueError(f"backbone={self.backbone!r} could not be loaded from {source!r} ({str(e)[:200]}); fix: "
-                             "pass a registered name, a folder with config.json + model.safetensors + tokenizer, "
-                             "or a hub id while online") from e
-        if tokenizer.pad_token_id is None:  # decoders (GPT-2, Llama) ship without a pad token
-            tokenizer.pad_token = tokenizer.eos_token
-            model.config.pad_token_id = tokenizer.pad_token_id
-        max_length = self.max_length or (entry.max_length if entry else 128)
-        return model, tokenizer, max_length, source
-
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None):
-        """Fine-tune on texts ``X`` and labels ``y``; ``X_val``/``y_val`` drive early stopping when given."""
+    def fit(self, X, y=None, sample_weight=None, X_val=None, y_val=None):
+        """Fine-tune on examples ``X`` with targets ``y``; ``X_val``/``y_val`` drive early stopping when given.
+        (Extractive QA takes ``y=None``: the gold answers inside the examples.)"""
         t0 = time.perf_counter()
         self._check_params()
-        texts = as_texts(X)
-        y = as_labels(y, len(texts))
-        self.classes_, y_idx = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(f"y has a single class {self.classes_.tolist()}; a classifier needs at least 2: check "
-                             "the label column and the filtering that produced it")
-        w = np.ones(len(texts)) if sample_weight is None else np.asarray(sample_weight, dtype=float).ravel()
-        if w.shape != (len(texts),) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
-            raise ValueError(f"sample_weight must be {len(texts)} finite non-negative numbers with a positive sum; "
+        self.__dict__.pop("task_entry_", None)  # a refit decides the data-driven options anew
+        task = self.task_
+        X = task.check_X(X)
+        y = task.check_y(y, X)
+        labels = task.labels(y)
+        self.task_entry_ = task.fitted(y)
+        w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=float).ravel()
+        if w.shape != (len(X),) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+            raise ValueError(f"sample_weight must be {len(X)} finite non-negative numbers with a positive sum; "
                              f"got shape {w.shape}; fix: pass one weight per row, or None")
-        self._fit_targets(texts, y_idx, w, self._validation(X_val, y_val))
+        self._fit_examples(X, {"y": y}, labels, w, self._validation(X_val, y_val, labels))
         self.fit_time_ = time.perf_counter() - t0
         return self
 
-    def fit_soft(self, X, proba, classes, X_val=None, y_val=None):
-        """Fit on soft labels ``proba`` (n_samples, n_classes) over ``classes``: distillation from an ensemble."""
+    def fit_soft(self, X, scores, classes=None, X_val=None, y_val=None):
+        """Fit on soft targets: a teacher's fusable scores (``predict_scores``: class-probability rows over
+        ``classes`` for classification, per-word tag probabilities over ``classes`` (the tag set) for NER, span
+        candidates for QA). Distillation from an ensemble calls it."""
         t0 = time.perf_counter()
         self._check_params()
-        texts = as_texts(X)
-        proba = np.asarray(proba, dtype=np.float32)
-        self.classes_ = np.asarray(classes)
-        if proba.shape != (len(texts), len(self.classes_)) or not np.allclose(proba.sum(1), 1, atol=1e-3):
-            raise ValueError(f"proba has shape {proba.shape}; fix: pass one probability row per text over "
-                             f"{len(self.classes_)} classes, each row summing to 1 (e.g. teacher.predict_proba(X))")
-        self._fit_targets(texts, proba, np.ones(len(texts)), self._validation(X_val, y_val))
+        self.__dict__.pop("task_entry_", None)
+        task = self.task_
+        X = task.check_X(X)
+        labels = None if classes is None else np.asarray(classes)
+        if labels is None and task.name != "question-answering":
+            raise ValueError(f"classes=None: task={task.name!r} needs the label set the scores are over; fix: pass "
+                             "classes=teacher.labels_")
+        val = self._validation(X_val, y_val, labels)
+        self.task_entry_ = task.fitted(val[1]) if val is not None else task
+        self._fit_examples(X, {"soft": scores}, labels, np.ones(len(X)), val)
         self.fit_time_ = time.perf_counter() - t0
         return self
 
-    def _validation(self, X_val, y_val):
+    def _validation(self, X_val, y_val, labels):
         if X_val is None:
             return None
-        texts = as_texts(X_val, "X_val")
-        return texts, self._encode(as_labels(y_val, len(texts), "y_val"), "y_val")
+        task = self.task_
+        X_val = task.check_X(X_val, "X_val")
+        y_val = task.check_y(y_val, X_val, "y_val")
+        if task.is_classifier:
+            encode_labels(y_val, labels, "y_val")  # an unseen label is an error here, not a silent miss later
+        return X_val, y_val
 
-    def _fit_targets(self, texts, targets, w, val) -> None:
+    def _fit_examples(self, X, target, labels, w, val) -> None:
         """Carve a validation split when early stopping needs one, then train under a private RNG."""
+        task = self.task_
         stop = self.early_stopping is True or (self.early_stopping == "auto" and (self.epochs > 1 or val))
         if val is None and stop:
-            hard = targets if targets.ndim == 1 else targets.argmax(1)
-            counts = np.bincount(hard)
-            strat = hard if counts[counts > 0].min() >= 2 and len(texts) * self.validation_fraction >= len(
-                counts) else None
-            tr, va = train_test_split(np.arange(len(texts)), test_size=self.validation_fraction,
+            if "y" not in target:
+                raise ValueError("early stopping needs validation data for soft targets; fix: pass X_val and y_val, "
+                                 "or early_stopping=False")
+            strat = None
+            if task.is_classifier:
+                _, inv, counts = np.unique(target["y"], return_inverse=True, return_counts=True)
+                strat = inv if counts.min() >= 2 and len(X) * self.validation_fraction >= len(counts) else None
+            tr, va = train_test_split(np.arange(len(X)), test_size=self.validation_fraction,
                                       random_state=self.random_state, stratify=strat)
-            val = ([texts[i] for i in va], hard[va])
-            texts, targets, w = [texts[i] for i in tr], targets[tr], w[tr]
+            y = target["y"]
+            pick = (lambda v, idx: v[idx]) if isinstance(y, np.ndarray) else (lambda v, idx: [v[i] for i in idx])
+            val = ([X[i] for i in va], pick(y, va))
+            X, target, w = [X[i] for i in tr], {"y": pick(y, tr)}, w[tr]
         self.device_ = pick_device(self.device)
         self.precision_ = resolve_precision(self.precision, self.device_)
         with torch.random.fork_rng(devices=[]):  # seeds the head init and dropout without touching the caller's RNG
-            self._fit(texts, targets, w, *(val or (None, None)), stop)
+            self._fit(X, target, labels, w, val, stop)
 
-    def _fit(self, texts, targets, w, val_texts, val_y, stop) -> None:
-        strategy = get_strategy(self.strategy)
+    def _fit(self, X, target, labels, w, val, stop) -> None:
+        task, strategy = self.task_, get_strategy(self.strategy)
         # Every member starts from the same head initialisation whatever its random_state, so members of one
         # backbone share one pretrained start and can be averaged in weight space (model soups need that).
         torch.manual_seed(HEAD_INIT_SEED)
-        model, self.tokenizer_, self.max_length_, self.source_ = self._build(len(self.classes_))
-        self.pooling_ = resolve_pooling(self.pooling, self.source_, model)
+        model, self.tokenizer_, default_length, self.source_ = self._pretrained(labels)
+        self.max_length_ = self.max_length or getattr(task, "max_length", None) or default_length
+        head_name, head = head_module(model, task.head_names)
+        self.pooling_ = resolve_pooling(self.pooling, self.source_, model, head) if task.is_classifier else "native"
         torch.manual_seed(self.random_state)  # dropout masks (data order has its own seeded generator)
         self.model_ = model.to(self.device_)
+        self.labels_ = labels
+        if task.is_classifier:
+            self.classes_ = labels
         self.history_ = []
-        # A backbone that never trains keeps predicting from the shared feature cache (see _proba)
+        # A backbone that never trains keeps predicting from the shared feature cache (see _unit_logits)
         self.frozen_backbone_ = strategy.tune is None
-        y_t, w_t = torch.as_tensor(targets, device=self.device_), torch.as_tensor(w, dtype=torch.float32,
-                                                                                   device=self.device_)
-        head_name, head = head_module(model)
+        enc = self._encode(X, **target)
+        w_units = torch.as_tensor(w[enc.example], dtype=torch.float32, device=self.device_)
+        val_enc = self._encode(val[0], y=val[1]) if val is not None else None
         if strategy.probe:  # stage 1: linear probe on frozen features, computed once and shared between members
-            self._probe(head, texts, y_t, w_t, val_texts, val_y)
+            self._probe(head, enc, w_units, val_enc)
         if strategy.tune:
             if strategy.tune == "lora":
                 self.model_ = self._with_lora(self.model_)
@@ -302,245 +284,330 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 self.model_.requires_grad_(True)
             if self.freeze_embeddings:
                 self.model_.get_input_embeddings().requires_grad_(False)
-            ids = tokenize(self.tokenizer_, self._prompted(texts), self.max_length_)
-            lengths = np.array([len(x) for x in ids])
+            lengths = np.array([len(x) for x in enc.ids])
             pad = self.tokenizer_.pad_token_id
 
             def forward(batch):
                 for chunk in split_by_length(lengths[batch], MICRO_BATCH_OVERHEAD):
                     rows = batch[chunk]
-                    inputs = {k: v.to(self.device_) for k, v in collate([ids[i] for i in rows], pad).items()}
+                    inputs, targets = task.collate(enc, rows, pad)
+                    inputs = {k: v.to(self.device_) for k, v in inputs.items()}
                     with autocast(self.device_, self.precision_):
-                        yield rows, self._logits(inputs)
+                        logits = task.logits(self.model_, inputs, self.pooling_)
+                    yield rows, task.loss(logits, _to(targets, self.device_), self.label_smoothing)
 
             params = [p for p in self.model_.parameters() if p.requires_grad]
-            self._stage(self.model_, params, forward, len(texts), y_t, w_t, val_texts=val_texts, val_y=val_y,
-                        epochs=self.epochs, lr=self.lr or strategy.lr, stop=stop, stage=strategy.tune,
-                        head_name=head_name)
+            self._stage(params, forward, len(enc), w_units, val, epochs=self.epochs, lr=self.lr or strategy.lr,
+                        stop=stop, stage=strategy.tune, head_name=head_name)
             if strategy.tune == "lora":  # merge the adapters: checkpoints and soups then see a plain HF model
                 self.model_ = self.model_.merge_and_unload()
         self.model_.eval().requires_grad_(False)
+        if val is not None:  # options tuned on validation after training (QA's no-answer threshold)
+            self.task_entry_ = task.calibrate(val[0], self._scores(val[0]), val[1])
 
-    def _probe(self, head, texts, y_t, w_t, val_texts, val_y) -> None:
-        """Fit the head on cached frozen features by L-BFGS; the L2 strength is picked by validation log-loss."""
+    def _pretrained(self, labels, device=None):
+        task = self.task_
+        id2label = None if labels is None else {i: str(c) for i, c in enumerate(labels)}
+        return load_pretrained(self.backbone, task.auto_model, num_labels=None if labels is None else len(labels),
+                               id2label=id2label, dropout=self.dropout, config_overrides=self.config_overrides,
+                               trust_remote_code=self.trust_remote_code, device=device or self.device_)
+
+    def _encode(self, X, *, y=None, soft=None):
+        return self.task_.encode(self.tokenizer_, X, self.max_length_, labels=self.labels_, y=y, soft=soft,
+                                 **({"template": self.template} if self.task_.is_classifier else {}))
+
+    def _probe(self, head, enc, w_units, val_enc) -> None:
+        """Fit the head on cached frozen features by L-BFGS; the L2 strength is picked by validation loss."""
         if not isinstance(head, torch.nn.Linear):
             raise ValueError(f"strategy={self.strategy!r} needs a linear head; {type(head).__name__} is not one; "
                              "fix: use strategy='full' or 'lora', or pooling='mean'")
-        x = torch.as_tensor(self._features(texts), device=self.device_)
+        task = self.task_
+        x, unit_loss = task.probe_problem(self._unit_features(enc), enc)
+        x = x.to(self.device_)
         default_grid = PROBE_L2_GRID_STANDARDIZED if self.probe_standardize else PROBE_L2_GRID
-        grid = [self.probe_l2] if self.probe_l2 is not None else (list(default_grid) if val_y is not None else
-                                                                   [1.0 / len(x)])  # sklearn's default C=1
+        grid = [self.probe_l2] if self.probe_l2 is not None else (list(default_grid) if val_enc is not None else
+                                                                   [1.0 / len(enc)])  # sklearn's default C=1
         fit = fit_standardized_probe if self.probe_standardize else fit_linear_probe
         init = {k: v.clone() for k, v in head.state_dict().items()}
-        val_x = torch.as_tensor(self._features(val_texts), device=self.device_) if val_y is not None else None
-        fits = []  # (validation log-loss, l2, head weights) per grid point
+        val_x, val_loss = task.probe_problem(self._unit_features(val_enc), val_enc) if val_enc is not None else (
+            None, None)
+        fits = []  # (validation loss, l2, head weights) per grid point
         for i, l2 in enumerate(grid):
             head.load_state_dict(init)
             t0 = time.perf_counter()
             record = {"epoch": i + 1, "stage": "probe", "l2": l2,
-                      "train_loss": fit(head, x, y_t, w_t, l2, self.label_smoothing)}
+                      "train_loss": fit(head, x, unit_loss, w_units, l2, self.label_smoothing)}
             if val_x is not None:
                 with torch.inference_mode():
-                    proba = torch.softmax(head(val_x).float(), -1).cpu().numpy()
-                record.update(val_metrics(proba, val_y))
+                    out = head(val_x.to(self.device_)).float()
+                    record["val_loss"] = float(val_loss(out, 0.0).mean())
+                    if task.is_classifier:  # accuracy of the probe, for the history
+                        record["val_score"] = float((out.argmax(-1).cpu() == val_enc.targets).float().mean())
             record["time_s"] = time.perf_counter() - t0
             self.history_.append(record)
             fits.append((record.get("val_loss", 0.0), l2, {k: v.clone() for k, v in head.state_dict().items()}))
-        _, self.probe_l2_, weights = min(fits, key=lambda f: f[0])  # the first of equal losses, as before
+        _, self.probe_l2_, weights = min(fits, key=lambda f: f[0])  # the first of equal losses
         head.load_state_dict(weights)
 
-    def _stage(self, module, params, forward, n, y_t, w_t, *, epochs, lr, stop, stage, head_name,
-               val_texts=None, val_y=None) -> None:
-        """Run one training stage (probe, full or LoRA) through the shared loop."""
+    def _stage(self, params, forward, n, w_units, val, *, epochs, lr, stop, stage, head_name) -> None:
+        """Run one training stage (full or LoRA) through the shared loop."""
+        module = self.model_
         groups = param_groups(module, lr, self.weight_decay, self.layer_decay,
                               head_names=(head_name, "modules_to_save"))
         optimizer = make_optimizer(groups)
-        steps = epochs * -(-n // self.batch_size)
-        scheduler = linear_schedule(optimizer, steps, self.warmup_ratio)
-        cfg = LoopConfig(epochs=epochs, batch_size=self.batch_size, label_smoothing=self.label_smoothing,
-                         max_grad_norm=self.max_grad_norm, l2sp=self.l2sp,
+        scheduler = linear_schedule(optimizer, epochs * -(-n // self.batch_size), self.warmup_ratio)
+        cfg = LoopConfig(epochs=epochs, batch_size=self.batch_size, max_grad_norm=self.max_grad_norm, l2sp=self.l2sp,
                          patience=self.patience if stop else None, seed=self.random_state)
         anchor = None
         if self.l2sp > 0:  # L2-SP anchors the pretrained backbone; the new head has no anchor
-            head_ids = {id(p) for p in head_module(self.model_)[1].parameters()}
+            head_ids = {id(p) for p in head_module(module, self.task_.head_names)[1].parameters()}
             anchor = {id(p): p.detach().clone() for p in params if id(p) not in head_ids}
-        best: dict[str, torch.Tensor] = {}
         trainable = [(k, p) for k, p in module.named_parameters() if p.requires_grad]
 
         def evaluate() -> dict:
-            if val_y is None:
-                return {}
-            return val_metrics(self._proba(as_texts(val_texts, "X_val")), val_y)
+            return self._evaluate(*val)
 
-        def snapshot() -> None:
-            best.update({k: p.detach().clone() for k, p in trainable})
+        def snapshot() -> dict:
+            return {k: p.detach().clone() for k, p in trainable}
 
-        state = train_loop(forward, n, y_t, w_t, params, optimizer, scheduler, cfg, LoopState(),
-                           evaluate=evaluate if val_y is not None else None, snapshot=snapshot, anchor=anchor,
+        state = train_loop(forward, n, w_units, params, optimizer, scheduler, cfg, LoopState(),
+                           evaluate=evaluate if val is not None else None, snapshot=snapshot, anchor=anchor,
                            train_mode=lambda on: module.train(on), verbose=self.verbose > 0)
-        if best and state.best_epoch < state.epoch:  # restore the best epoch's weights (early stopping)
+        if state.best and state.best_epoch < state.epoch:  # restore the best epoch's weights (early stopping)
             with torch.no_grad():
                 for k, p in trainable:
-                    p.copy_(best[k])
+                    p.copy_(state.best[k])
+        state.best = {}
         self.history_ += [dict(r, stage=stage) for r in state.history]
         self.loop_state_ = state
         module.eval()
+
+    def _evaluate(self, X_val, y_val) -> dict:
+        """Validation metric (``val_score``, higher is better) and, for classifiers, log-loss (``val_loss``)."""
+        task = self.task_
+        scores = self._scores(X_val)
+        out = {"val_score": task.metric(y_val, task.decode(X_val, scores, self.labels_))}
+        if task.is_classifier:
+            out["val_loss"] = log_loss(scores, encode_labels(y_val, self.labels_, "y_val"))
+        return out
 
     def _with_lora(self, model):
         from peft import LoraConfig, TaskType, get_peft_model
 
         try:
-            return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=self.lora_r,
-                                                    lora_alpha=self.lora_alpha, lora_dropout=0.1))
+            return get_peft_model(model, LoraConfig(task_type=getattr(TaskType, self.task_.peft_task_type),
+                                                    r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.1))
         except ValueError as e:
             raise ValueError(f"LoRA cannot pick target modules for {type(model).__name__} ({e}); fix: use "
                              "strategy='full' or a backbone peft knows (BERT, RoBERTa, GPT-2, Llama)") from e
 
     # ------------------------------------------------------------------ inference
-    def _features(self, texts) -> np.ndarray:
-        """Head inputs of the frozen pretrained backbone, cached per text and shared by every member with the same
-        backbone (a bag of head-only members pays for one backbone pass, not one per member)."""
+    def _unit_features(self, enc) -> list[np.ndarray]:
+        """Head inputs of the frozen pretrained backbone per unit, cached per token sequence and shared by every
+        member with the same backbone (a bag of head-only members pays for one backbone pass, not one per member)."""
         key = (self.source_, json.dumps(self.config_overrides or {}, sort_keys=True), self.max_length_,
-               self.precision_, self.pooling_, self.template)
-        return features.cached(key, texts, lambda missing: self._head_inputs(missing))
+               self.precision_, self.pooling_, self.task_.name)
+        units = [np.asarray(ids, dtype=np.int32).tobytes() + b"|" + np.asarray(
+            enc.extra.get("type_ids", [[]] * len(enc))[u], dtype=np.int8).tobytes() for u, ids in enumerate(enc.ids)]
+        where = {k: u for u, k in enumerate(units)}
+        return features.cached(key, units, lambda missing: self._head_inputs(enc, [where[k] for k in missing]))
 
-    def _head_inputs(self, texts: list[str]) -> np.ndarray:
+    def _head_inputs(self, enc, rows: list[int]) -> list[np.ndarray]:
+        head = head_module(self.model_, self.task_.head_names)[1]
         captured: list[torch.Tensor] = []
-        hook = head_module(self.model_)[1].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+        hook = head.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+        try:  # the hook sees the head's input batch by batch
+            def head_input(inputs: dict) -> torch.Tensor:
+                self.task_.logits(self.model_, inputs, self.pooling_)
+                return captured.pop()
 
-        def head_input(inputs: dict) -> torch.Tensor:
-            self._logits(inputs)
-            x = captured.pop()
-            if x.ndim != 2:
-                raise ValueError(f"the head of {type(self.model_).__name__} takes {x.ndim}-D input; feature caching "
-                                 "needs one vector per text: use pooling='mean', or strategy='full' or 'lora'")
-            return x
-
-        try:  # the hook sees the head's input batch by batch; _forward_rows puts the rows back in input order
-            return self._forward_rows(texts, head_input).numpy()
+            return self._forward_units(enc, head_input, rows)
         finally:
             hook.remove()
 
-    def _prompted(self, texts: list[str]) -> list[str]:
-        return texts if self.template is None else [self.template.format(text=t) for t in texts]
-
-    def _forward_logits(self, texts: list[str]) -> torch.Tensor:
-        return self._forward_rows(texts, self._logits)
-
-    def _forward_rows(self, texts: list[str], fn) -> torch.Tensor:
-        """``fn(inputs)`` over length-sorted batches (little padding), returned in the order of ``texts``."""
+    def _forward_units(self, enc, fn, rows=None) -> list[np.ndarray]:
+        """``fn(inputs)`` over length-sorted batches (little padding); one (positions, dims) array per unit, in the
+        order of ``rows`` (default: every unit). A per-text output counts as one position."""
         self.model_.eval()
-        ids = tokenize(self.tokenizer_, self._prompted(texts), self.max_length_)
-        lengths = np.array([len(x) for x in ids])
-        out = None
+        rows = np.arange(len(enc)) if rows is None else np.asarray(rows)
+        lengths = np.array([len(enc.ids[u]) for u in rows])
+        out: list = [None] * len(rows)
         with torch.inference_mode(), autocast(self.device_, self.precision_):
-            for rows in predict_batches(lengths, PREDICT_TOKENS):
-                inputs = collate([ids[i] for i in rows], self.tokenizer_.pad_token_id)
-                batch = fn({k: v.to(self.device_) for k, v in inputs.items()}).float().cpu()
-                if out is None:
-                    out = torch.empty((len(ids), *batch.shape[1:]))
-                out[torch.as_tensor(rows)] = batch
+            for batch in predict_batches(lengths, PREDICT_TOKENS):
+                inputs, _ = self.task_.collate(enc, rows[batch], self.tokenizer_.pad_token_id)
+                res = fn({k: v.to(self.device_) for k, v in inputs.items()}).float().cpu().numpy()
+                for j, i in enumerate(batch):
+                    out[i] = res[j][None] if res.ndim == 2 else res[j, : lengths[i]]
         return out
 
-    def _logits(self, inputs: dict) -> torch.Tensor:
-        """The model's logits; with mean pooling the head reads the masked mean of the last hidden states."""
-        if self.pooling_ != "mean":
-            return self.model_(**inputs).logits
-        model = self.model_.get_base_model() if hasattr(self.model_, "get_base_model") else self.model_  # peft
-        hidden = getattr(model, model.base_model_prefix)(**inputs).last_hidden_state.float()  # sum in fp32
-        mask = inputs["attention_mask"].unsqueeze(-1).float()
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return head_module(model)[1](getattr(model, "dropout", torch.nn.Identity())(pooled))
-
-    def _proba(self, texts: list[str]) -> np.ndarray:
+    def _unit_logits(self, enc) -> list[np.ndarray]:
         if self.frozen_backbone_:  # the backbone is the pretrained one: reuse the shared feature cache
+            feats = self._unit_features(enc)
+            head = head_module(self.model_, self.task_.head_names)[1]
             with torch.inference_mode():
-                feats = torch.as_tensor(self._features(texts), device=self.device_)
-                logits = head_module(self.model_)[1](feats).float().cpu()
-        else:
-            logits = self._forward_logits(texts)
-        return torch.softmax(logits, -1).numpy()
+                flat = head(torch.as_tensor(np.concatenate(feats), device=self.device_)).float().cpu().numpy()
+            return np.split(flat, np.cumsum([len(f) for f in feats])[:-1])
+        return self._forward_units(enc, lambda inputs: self.task_.logits(self.model_, inputs, self.pooling_))
 
+    def _scores(self, X) -> list | np.ndarray:
+        enc = self._encode(X)
+        return self.task_.scores(X, enc, self._unit_logits(enc), self.labels_)
+
+    def predict_scores(self, X):
+        """The fusable output of each example: class probabilities (classification), per-word tag probabilities
+        (NER), answer-span candidates with probabilities (QA). Output-space fusion averages these."""
+        check_is_fitted(self, "model_")
+        return self._scores(self.task_.check_X(X))
+
+    @available_if(_is_classifier)
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "model_")
-        return self._proba(as_texts(X))
+        return self._scores(self.task_.check_X(X))
 
-    def predict(self, X) -> np.ndarray:
-        proba = self.predict_proba(X)  # checks fitted-ness before classes_ is touched
-        return self.classes_[proba.argmax(1)]
-
-    def _encode(self, y: np.ndarray, param: str = "y") -> np.ndarray:
-        unseen = sorted(set(y.tolist()) - set(self.classes_.tolist()), key=str)
-        if unseen:
-            raise ValueError(f"{param} has labels {unseen[:5]} unseen during fit; classes_ are "
-                             f"{self.classes_.tolist()}; fix: drop those rows or refit with them")
-        return np.searchsorted(self.classes_, y)
+    def predict(self, X):
+        """Labels (classification), one BIO tag per word or entity spans of raw texts (NER), answer texts (QA)."""
+        check_is_fitted(self, "model_")
+        X = self.task_.check_X(X)
+        pred = self.task_.decode(X, self._scores(X), self.labels_)
+        return pred
 
     def score(self, X, y, sample_weight=None) -> float:
-        """Accuracy; NaN or labels unseen during fit are errors, not silent misses."""
+        """The task's metric: accuracy, entity F1 (seqeval, micro) or SQuAD F1; labels unseen during fit are errors."""
         check_is_fitted(self, "model_")
-        texts = as_texts(X)
-        y = self._encode(as_labels(y, len(texts)))
-        pred = self.predict_proba(texts).argmax(1)
-        return float(np.average(pred == y, weights=sample_weight))
+        task = self.task_
+        X = task.check_X(X)
+        y = task.check_y(y, X)
+        if task.is_classifier:
+            y_idx = encode_labels(y, self.labels_)
+            return float(np.average(self._scores(X).argmax(1) == y_idx, weights=sample_weight))
+        return task.metric(y, self.predict(X))
+
+    def features(self, X) -> np.ndarray | list[np.ndarray]:
+        """Frozen-backbone head inputs of ``X`` (one vector per text; per token for token and span tasks): what the
+        probe fits on. Cached per backbone and shared by members."""
+        check_is_fitted(self, "model_")
+        feats = self._unit_features(self._encode(self.task_.check_X(X)))
+        return np.concatenate(feats) if self.task_.is_classifier else feats
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.string = True
         tags.input_tags.two_d_array = True
+        if not _is_classifier(self):  # sklearn's meta-estimators then refuse it rather than misuse it
+            tags.estimator_type = None
+            tags.classifier_tags = None
         return tags
 
-    # ------------------------------------------------------------------ checkpoints
-    def save(self, path) -> Path:
-        """Write a folder: model.safetensors + config.json + tokenizer (opens with AutoModelForSequenceClassification;
-        with ``pooling_ == "mean"`` its head must read the masked mean, not the model's own forward: use ``load``)
-        and tunefuse.json (parameters, classes, history). Atomic: a temp folder renamed into place."""
+    # ------------------------------------------------------------------ weights
+    def pretrained_model(self) -> torch.nn.Module:
+        """A fresh copy of the pretrained backbone with this task's head freshly initialised (θ0 of the fine-tune)."""
+        labels = getattr(self, "labels_", None)
+        if labels is None and self.task_.name != "question-answering":
+            labels = np.array([0, 1])  # unfitted: a two-class head (its weights are new either way)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(HEAD_INIT_SEED)
+            return self._pretrained(labels, device=pick_device(self.device))[0]
+
+    def with_weights(self, state: dict[str, torch.Tensor], *, frozen_backbone: bool = False) -> "Finetuner":
+        """A copy of this fitted model carrying the weights ``state`` (a soup, a merge). ``frozen_backbone``: the
+        backbone in ``state`` is the pretrained one, so cached frozen features stay valid for it."""
+        import copy
+
         check_is_fitted(self, "model_")
-        self.model_.config.id2label = {i: str(c) for i, c in enumerate(self.classes_)}
-        self.model_.config.label2id = {str(c): i for i, c in enumerate(self.classes_)}
+        model, self.model_ = self.model_, None  # do not deep-copy the weights only to overwrite them
+        try:
+            out = copy.deepcopy(self)
+        finally:
+            self.model_ = model
+        out.model_ = copy.deepcopy(model)
+        out.model_.load_state_dict(state)
+        out.frozen_backbone_ = bool(frozen_backbone)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def _task_record(self) -> dict:
+        task = self.task_
+        fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+        return {"name": task.name, "options": {k: v for k, v in fields.items() if k != "name"}}
+
+    def save(self, path) -> Path:
+        """Write a folder: model.safetensors + config.json (``id2label`` filled) + tokenizer and tunefuse.json
+        (parameters, task, labels, history). It opens with the task's ``AutoModelFor*`` class too (a sentence
+        classifier with ``pooling_ == "mean"`` must feed its head the masked mean: use ``load``). Atomic: a temp
+        folder renamed into place. Self-contained: loading never needs the backbone's package."""
+        check_is_fitted(self, "model_")
+        if self.labels_ is not None:
+            self.model_.config.id2label = {i: str(c) for i, c in enumerate(self.labels_)}
+            self.model_.config.label2id = {str(c): i for i, c in enumerate(self.labels_)}
         self.model_.config.tunefuse_pooling = self.pooling_  # tells a reader of config.json what the head reads
+        self.model_.config.tunefuse_task = self.task_.name
+        params = dict(self.get_params(), task=self.task_.name)
+        labels = None if self.labels_ is None else np.asarray(self.labels_)
         with atomic_folder(path) as tmp, quiet_transformers():
             self.model_.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer_.save_pretrained(tmp)
             write_json(tmp / "tunefuse.json", {
-                "format": FORMAT, "params": self.get_params(), "classes": self.classes_.tolist(),
-                "classes_dtype": self.classes_.dtype.str, "max_length": self.max_length_,
+                "format": FORMAT, "params": params, "task": self._task_record(),
+                "labels": None if labels is None else labels.tolist(),
+                "labels_dtype": None if labels is None else labels.dtype.str, "max_length": self.max_length_,
                 "history": self.history_, "fit_time_s": self.fit_time_, "frozen_backbone": self.frozen_backbone_,
-                "pooling": self.pooling_, "probe_l2": getattr(self, "probe_l2_", None)})
+                "pooling": self.pooling_, "probe_l2": getattr(self, "probe_l2_", None), "source": str(self.source_)})
         return Path(path)
 
     @classmethod
-    def load(cls, path, device: str = "auto") -> "Finetuner":
-        """Load a folder written by ``save``; weights are read from safetensors only (never unpickled)."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def load(cls, path, device: str = "auto", task: str | None = None) -> "Finetuner":
+        """Load a folder written by ``save``: safetensors only (never unpickled), without the backbone's package.
+        ``task``: the task you expect; a checkpoint of another task is then an error, not a silent mis-read."""
+        from .tasks import get_task
 
         path = Path(path)
         meta = read_json(path / "tunefuse.json", "tunefuse Finetuner checkpoint")
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{str(path)!r} has format {meta.get('format')!r}, expected {FORMAT!r}; fix: re-save it "
-                             "with this version of tunefuse")
+        if meta.get("format") not in FORMATS_READ:
+            raise ValueError(f"{str(path)!r} has format {meta.get('format')!r}, expected one of {list(FORMATS_READ)}; "
+                             "fix: re-save it with this version of tunefuse")
         if not (path / "model.safetensors").exists():
             raise ValueError(f"{str(path)!r} has no model.safetensors; the checkpoint is incomplete: save it again")
+        record = meta.get("task") or {"name": "text-classification", "options": {}}  # /1: classification only
+        entry = get_task(record["name"])
+        options = {k: v for k, v in record.get("options", {}).items() if k in {f.name for f in dataclasses.fields(
+            entry)}}
+        entry = dataclasses.replace(entry, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+        if task is not None and get_task(task).name != entry.name:
+            raise ValueError(f"{str(path)!r} holds a {entry.name!r} model, not {get_task(task).name!r}; fix: load "
+                             f"it with task={entry.name!r} (or None), or point at a {get_task(task).name} checkpoint")
         params = {k: v for k, v in meta["params"].items() if k in cls._get_param_names()}  # drops retired params
         if "pooling" not in meta:  # written before pooling existed: the head read the model's own pooled output
             params["pooling"] = "native"
-        est = cls(**dict(params, device=device))
-        classes = np.array(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
+        is_default = entry == get_task(entry.name)
+        est = cls(**dict(params, task=entry.name if is_default else entry, device=device))
+        raw = meta["labels"] if "labels" in meta else meta["classes"]
+        dtype = meta.get("labels_dtype", meta.get("classes_dtype"))
+        labels = None if raw is None else np.array(raw, dtype=np.dtype(dtype))
         attn = (est.config_overrides or {}).get("attn_implementation", attention_implementation(pick_device(device)))
-        with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, use_safetensors=True, trust_remote_code=est.trust_remote_code, attn_implementation=attn)
-            est.tokenizer_ = AutoTokenizer.from_pretrained(path)
-        if model.config.num_labels != len(classes):
+        model, est.tokenizer_ = load_saved(path, entry.auto_model, attn_implementation=attn,
+                                           trust_remote_code=est.trust_remote_code)
+        if labels is not None and model.config.num_labels != len(labels):
             raise ValueError(f"{str(path)!r}: the head has {model.config.num_labels} outputs but tunefuse.json lists "
-                             f"{len(classes)} classes; the checkpoint is mismatched: save it again")
+                             f"{len(labels)} labels; the checkpoint is mismatched: save it again")
         est.device_ = pick_device(device)
         est.precision_ = resolve_precision(est.precision, est.device_)
         est.model_ = model.to(est.device_).eval().requires_grad_(False)
-        est.classes_, est.max_length_, est.history_ = classes, meta["max_length"], meta["history"]
-        est.fit_time_, est.source_ = meta.get("fit_time_s", float("nan")), resolve_backbone(est.backbone)[0]
+        est.labels_, est.max_length_, est.history_ = labels, meta["max_length"], meta["history"]
+        if entry.is_classifier:
+            est.classes_ = labels
+        est.fit_time_ = meta.get("fit_time_s", float("nan"))
+        # the feature-cache key of the backbone this model was fitted from; never looked up again in the registry
+        est.source_ = meta.get("source", est.backbone)
         est.frozen_backbone_ = bool(meta.get("frozen_backbone", False))
         est.pooling_ = meta.get("pooling", "native")
         if meta.get("probe_l2") is not None:
             est.probe_l2_ = meta["probe_l2"]
         return est
+
+
+def _to(targets, device):
+    if targets is None:
+        return None
+    if isinstance(targets, dict):
+        return {k: v.to(device) for k, v in targets.items()}
+    return targets.to(device)

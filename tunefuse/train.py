@@ -1,4 +1,8 @@
-"""The training loop (one screen) and what it needs: optimiser groups, schedule, L2-SP, resumable loop state."""
+"""The training loop (one screen) and what it needs: optimiser groups, schedule, L2-SP, resumable training state.
+
+The loop is task-blind: ``forward`` yields each micro-batch's per-unit losses (the task computed them), the loop
+weights, accumulates, clips, steps and evaluates.
+"""
 from __future__ import annotations
 
 import math
@@ -9,13 +13,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import epoch_order
 
-# forward(idx) yields (rows, logits) micro-batch by micro-batch; the loop back-propagates each before asking for the
-# next, so only one micro-batch of activations is alive at a time.
+# forward(idx) yields (rows, per-unit loss) micro-batch by micro-batch; the loop back-propagates each before asking for
+# the next, so only one micro-batch of activations is alive at a time.
 Forward = Callable[[np.ndarray], Iterator[tuple[np.ndarray, torch.Tensor]]]
 
 
@@ -23,7 +26,6 @@ Forward = Callable[[np.ndarray], Iterator[tuple[np.ndarray, torch.Tensor]]]
 class LoopConfig:
     epochs: int = 3
     batch_size: int = 16
-    label_smoothing: float = 0.0  # softens one-hot targets: less over-confident members fuse better
     max_grad_norm: float | None = 1.0  # clipping keeps the first full-FT steps on a new head from wrecking the backbone
     l2sp: float = 0.0  # λ of λ/2·||θ-θ0||² (Li et al., 2018): pulls the backbone towards its pretrained weights
     patience: int | None = None  # epochs without validation gain before stopping; None: no early stopping
@@ -40,6 +42,8 @@ class LoopState:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # this epoch's step losses so far (a resumed epoch's mean)
+    best: dict[str, torch.Tensor] = field(default_factory=dict)  # the best epoch's trainable weights
 
 
 def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0,
@@ -80,24 +84,27 @@ def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
-def train_loop(forward: Forward, n: int, y: torch.Tensor, w: torch.Tensor, params: list[torch.nn.Parameter],
-               optimizer, scheduler, cfg: LoopConfig, state: LoopState,
-               evaluate: Callable[[], dict] | None = None, snapshot: Callable[[], None] | None = None,
+def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.Parameter], optimizer, scheduler,
+               cfg: LoopConfig, state: LoopState, evaluate: Callable[[], dict] | None = None,
+               snapshot: Callable[[], dict[str, torch.Tensor]] | None = None,
                anchor: dict[int, torch.Tensor] | None = None, on_step_end: Callable[[LoopState], None] | None = None,
                train_mode: Callable[[bool], None] = lambda on: None, verbose: bool = True) -> LoopState:
-    """Minimise Σ w_i·L(y_i, f(x_i)) / Σ w_i + λ R(θ); evaluate each epoch; keep the best epoch's weights."""
+    """Minimise Σ w_i·L_i / Σ w_i + λ R(θ); evaluate each epoch; keep the best epoch's weights in ``state.best``.
+
+    Resumes from ``state`` (epoch, step inside the epoch, early-stopping counters): with the model, optimiser and
+    scheduler restored by :func:`load_training_state`, a resumed run continues exactly where the saved one stood.
+    """
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state.step, disable=not verbose, desc="fit", unit="step")
     for epoch in range(state.epoch, cfg.epochs):
-        order, t0, losses = epoch_order(n, cfg.seed, epoch), time.perf_counter(), []
+        order, t0 = epoch_order(n, cfg.seed, epoch), time.perf_counter()
         train_mode(True)
         for start in range((state.step - epoch * steps_per_epoch) * cfg.batch_size, n, cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
             total_w, loss_sum = w[batch].sum(), 0.0
             optimizer.zero_grad(set_to_none=True)
-            for rows, logits in forward(batch):
-                loss = F.cross_entropy(logits.float(), y[rows], reduction="none", label_smoothing=cfg.label_smoothing)
-                loss = (loss * w[rows]).sum() / total_w
+            for rows, unit_loss in forward(batch):
+                loss = (unit_loss * w[rows]).sum() / total_w
                 loss.backward()
                 loss_sum += loss.item()
             if anchor is not None and cfg.l2sp > 0:  # gradient of λ/2·||θ-θ0||², added without building a graph
@@ -109,22 +116,22 @@ def train_loop(forward: Forward, n: int, y: torch.Tensor, w: torch.Tensor, param
             optimizer.step()
             scheduler.step()
             state.step += 1
-            losses.append(loss_sum)
+            state.losses.append(loss_sum)
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            bar.set_postfix(loss=f"{np.mean(state.losses[-20:]):.4f}")
             if on_step_end:
                 on_step_end(state)
         train_mode(False)
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(state.losses)) if state.losses else float("nan"),
                   "lr": scheduler.get_last_lr()[0], "time_s": time.perf_counter() - t0}
         record.update(evaluate() if evaluate else {})
         state.history.append(record)
-        state.epoch = epoch + 1
+        state.epoch, state.losses = epoch + 1, []
         score = record.get("val_score")
         if score is not None and score > state.best_score:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
             if snapshot:
-                snapshot()
+                state.best = snapshot()
         elif score is not None:
             state.bad_epochs += 1
             if cfg.patience is not None and state.bad_epochs >= cfg.patience:
@@ -133,60 +140,54 @@ def train_loop(forward: Forward, n: int, y: torch.Tensor, w: torch.Tensor, param
     return state
 
 
-PROBE_L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # per-example L2 strengths tried on validation
-# On standardised features ||x||² is the feature count (576 for SmolLM2), so the useful strengths are larger:
-# scikit-learn's C = 1 / (n * l2) = 0.003-0.01 at n = 1,600 (bench/results/smollm2_probe.txt) is l2 = 0.06-0.2.
-PROBE_L2_GRID_STANDARDIZED = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+def save_training_state(path, model: torch.nn.Module, optimizer, scheduler, state: LoopState) -> None:
+    """Write everything a killed fit needs to continue mid-epoch: trainable weights, optimiser moments, schedule,
+    torch RNG (dropout masks), loop counters, history and the best epoch's weights. safetensors + JSON, atomic."""
+    from safetensors.torch import save_file
+
+    from .checkpoint import atomic_folder, write_json
+
+    tensors = {f"model.{k}": p.detach().contiguous().clone() for k, p in model.named_parameters() if p.requires_grad}
+    tensors.update({f"best.{k}": v.contiguous() for k, v in state.best.items()})
+    opt = optimizer.state_dict()
+    for idx, slots in opt["state"].items():
+        for key, value in slots.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"loop": {k: v for k, v in vars(state).items() if k != "best"}, "param_groups": opt["param_groups"],
+            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}}
+    with atomic_folder(path) as tmp:
+        save_file(tensors, str(tmp / "training_state.safetensors"))
+        write_json(tmp / "training_state.json", meta)
 
 
-def fit_standardized_probe(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float,
-                           label_smoothing: float = 0.0) -> float:
-    """``fit_linear_probe`` on standardised features (each column of ``x`` to mean 0, variance 1), folded back into
-    ``head`` so that it reads the raw features: W = V / σ, b = c - W·μ. The L2 penalty then weighs every feature
-    alike, as scikit-learn's StandardScaler + LogisticRegression does; decoders' hidden states have a few outlier
-    dimensions orders of magnitude larger than the rest, which a penalty on raw weights favours. A head without a
-    bias (Llama's score) is only scaled, as StandardScaler(with_mean=False) with no intercept would be."""
-    biased = head.bias is not None  # a bias-less head (Llama's score) can only be scaled: the mean stays in
-    mu = x.float().mean(0) if biased else torch.zeros(x.shape[1], device=x.device)
-    sd = x.float().std(0).clamp_min(1e-6)
-    inner = torch.nn.Linear(x.shape[1], head.out_features, bias=biased, device=x.device)
+def load_training_state(path, model: torch.nn.Module, optimizer, scheduler) -> LoopState:
+    """Restore what :func:`save_training_state` wrote into a freshly built model, optimiser and scheduler."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from .checkpoint import read_json
+
+    path = Path(path)
+    meta = read_json(path / "training_state.json", "training state")
+    tensors = load_file(str(path / "training_state.safetensors"))
+    named = dict(model.named_parameters())
+    missing = [k for k, p in named.items() if p.requires_grad and f"model.{k}" not in tensors]
+    if missing:
+        raise ValueError(f"{str(path)!r} was saved for another model: it lacks {missing[:3]}; fix: resume with the "
+                         "same backbone, task and strategy, or start the fit afresh")
     with torch.no_grad():
-        inner.weight.copy_(head.weight.float() * sd)
-        if biased:
-            inner.bias.copy_(head.bias.float() + head.weight.float() @ mu)
-    loss = fit_linear_probe(inner, (x.float() - mu) / sd, y, w, l2, label_smoothing)
-    with torch.no_grad():
-        head.weight.copy_(inner.weight / sd)
-        if biased:
-            head.bias.copy_(inner.bias - (inner.weight / sd) @ mu)
-    return loss
-
-
-def fit_linear_probe(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float,
-                     label_smoothing: float = 0.0, max_iter: int = 100) -> float:
-    """Fit ``head`` on frozen features ``x`` by full-batch L-BFGS on Σ w_i·CE / Σ w_i + l2/2·||W||², in place.
-
-    A linear probe is a convex problem: L-BFGS solves it in a few dozen iterations with no learning rate to tune
-    (Kumar et al., 2022 fit LP-FT's probe and Radford et al., 2021 CLIP's probes the same way, with scikit-learn's
-    LogisticRegression). Written here rather than calling scikit-learn because the targets may be soft (distillation),
-    the loss must match the fine-tuning one (label smoothing, sample weights) and the result lives in a torch head.
-    Returns the final training loss.
-    """
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
-    total_w = w.sum()
-
-    def objective() -> torch.Tensor:
-        ce = F.cross_entropy(head(x).float(), y, reduction="none", label_smoothing=label_smoothing)
-        return (ce * w).sum() / total_w + 0.5 * l2 * head.weight.float().square().sum()
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        loss = objective()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    with torch.no_grad():
-        return float(objective())
+        for k, p in named.items():
+            if f"model.{k}" in tensors:
+                p.copy_(tensors[f"model.{k}"])
+    slots: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, slot = key.split(".", 2)
+            slots.setdefault(int(idx), {})[slot] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(dict(meta["scheduler"], lr_lambdas=[None] * len(optimizer.param_groups)))
+    torch.set_rng_state(tensors["rng.torch"])
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    return LoopState(**meta["loop"], best=best)

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from ..data import as_labels, as_texts
@@ -27,13 +28,16 @@ class Distillation(ClassifierMixin, BaseEstimator):
         self.temperature = temperature  # >1 softens the teacher: more of its 'dark knowledge' in the targets
         self.X_unlabeled = X_unlabeled
 
-    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None):
+    def fit(self, X, y=None, sample_weight=None, X_val=None, y_val=None):
         t0 = time.perf_counter()
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha={self.alpha!r} is invalid; fix: pass a float in [0, 1]")
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature!r} is invalid; fix: pass a float > 0, e.g. 2.0")
         check_is_fitted(self.teacher)
+        task = getattr(self.teacher, "task_", None)
+        if task is not None and not task.is_classifier:
+            return self._fit_structured(task, X, X_val, y_val, t0)
         texts = as_texts(X)
         y = as_labels(y, len(texts))
         classes = np.asarray(self.teacher.classes_)
@@ -54,12 +58,37 @@ class Distillation(ClassifierMixin, BaseEstimator):
         self.fit_time_ = time.perf_counter() - t0
         return self
 
+    def _fit_structured(self, task, X, X_val, y_val, t0) -> "Distillation":
+        """NER / QA: the student fits the teacher's fused scores (per-word tag probabilities, span distributions)."""
+        if self.alpha != 0 or self.temperature != 1:
+            raise ValueError(f"alpha={self.alpha!r}, temperature={self.temperature!r}: {task.name} students learn the "
+                             "teacher's scores as they are; fix: pass alpha=0 and temperature=1")
+        X = task.check_X(X)
+        extra = task.check_X(self.X_unlabeled, "X_unlabeled") if self.X_unlabeled is not None else []
+        all_X = list(X) + list(extra)
+        labels = getattr(self.teacher, "labels_", None)
+        self.student_ = clone(self.student).fit_soft(all_X, self.teacher.predict_scores(all_X), classes=labels,
+                                                     X_val=X_val, y_val=y_val)
+        self.task_, self.labels_ = task, labels
+        self.weights_ = {"student": 1.0}
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    @available_if(lambda self: getattr(self, "task_", None) is None)
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "student_")
         return self.student_.predict_proba(X)
 
+    def predict_scores(self, X):
+        check_is_fitted(self, "student_")
+        return self.student_.predict_scores(X)
+
     def predict(self, X) -> np.ndarray:
         return self.student_.predict(X)
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        check_is_fitted(self, "student_")
+        return self.student_.score(X, y, sample_weight)
 
     def save(self, path):
         """The student is a plain Finetuner checkpoint: it loads with ``Finetuner.load``."""

@@ -25,7 +25,8 @@ def _short(obj: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_members(members: Any, *, param: str = "members") -> list[tuple[str, Any]]:
+def check_members(members: Any, *, param: str = "members", required: tuple[str, ...] = ("fit", "predict_proba")
+                  ) -> list[tuple[str, Any]]:
     """Validate ``[(name, estimator)]`` pairs and return them as a list.
 
     >>> from sklearn.linear_model import LogisticRegression
@@ -45,11 +46,11 @@ def check_members(members: Any, *, param: str = "members") -> list[tuple[str, An
         if name in seen:
             raise ValueError(f"{param} has the duplicate name {name!r}: give every member a unique name")
         seen.add(name)
-        missing = [m for m in ("fit", "predict_proba") if not callable(getattr(est, m, None))]
+        missing = [m for m in required if not callable(getattr(est, m, None))]
         if missing:
             raise TypeError(
                 f"{param} member {name!r} ({type(est).__name__}) has no {' or '.join(missing)}: every member "
-                "needs fit and predict_proba; give it predict_proba, e.g. SVC(probability=True)"
+                f"needs {' and '.join(required)}; give it {missing[0]}, e.g. SVC(probability=True) for predict_proba"
             )
     return members
 

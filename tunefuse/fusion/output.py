@@ -22,8 +22,10 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 from sklearn.utils import _safe_indexing
 from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, has_fit_parameter
 
+from . import structured as S
 from .members import check_fitted_members, check_members, member_proba
 
 _EPS = 1e-15  # clip probabilities before log, as sklearn's log_loss does
@@ -135,15 +137,71 @@ def _proba_loss(proba: np.ndarray, y_idx: np.ndarray, sw: np.ndarray | None) -> 
     return float(np.average(-np.log(np.clip(proba[np.arange(len(y_idx)), y_idx], _EPS, None)), weights=sw))
 
 
+def _is_structured(fusion) -> bool:
+    return fusion.__dict__.get("task_") is not None
+
+
 class _Fusion(ClassifierMixin, BaseEstimator):
-    """Shared predict for the fusions: the class with the highest fused probability."""
+    """Shared predict for the fusions: the class with the highest fused probability; for NER/QA members, the task's
+    decoding of the fused scores (see :mod:`tunefuse.fusion.structured`)."""
 
     def predict(self, X: Any) -> np.ndarray:
+        if _is_structured(self):
+            X = self.task_.check_X(X)
+            return self.task_.decode(X, self.predict_scores(X), self.labels_)
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
+    @available_if(lambda self: not _is_structured(self))
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         return self._proba(X)
+
+    def predict_scores(self, X: Any):
+        """The fused scores: class probabilities, or per-word tag probabilities (NER), span candidates (QA)."""
+        check_is_fitted(self)
+        if not _is_structured(self):
+            return self._proba(X)
+        used = [(n, e) for n, e in self.members_ if self.weights_[n] > 0]  # unused members cost no forward pass
+        return self.task_.fuse(S.member_scores(used, X), [self.weights_[n] for n, _ in used])
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        if _is_structured(self):
+            X = self.task_.check_X(X)
+            return self.task_.metric(self.task_.check_y(y, X), self.predict(X))
+        return super().score(X, y, sample_weight)
+
+    def _fit_structured(self, task, members, X, y, *, select: bool, weights=None, n_iter: int = 50) -> "_Fusion":
+        """Voting/EnsembleSelection over NER or QA members: weights given, uniform, or selected on the metric."""
+        start = time.perf_counter()
+        _check_choice("prefit", self.prefit, (False, True, "oof"))
+        X = task.check_X(X)
+        y = task.check_y(y, X)
+        if self.prefit is False:  # clones fitted on the rows given (a held-out part when weights are selected)
+            if select:
+                tr, va = train_test_split(np.arange(len(X)), test_size=self.validation_fraction,
+                                          random_state=self.random_state)
+                take = lambda v, idx: [v[i] for i in idx]  # noqa: E731
+                members = [(n, clone(e).fit(take(X, tr), take(y, tr))) for n, e in members]
+                X, y = take(X, va), take(y, va)
+            else:
+                members = [(n, clone(e).fit(X, y)) for n, e in members]
+        labels = S.check_labels(members)
+        if self.prefit == "oof":
+            missing = [n for n, e in members if getattr(e, "oof_scores_", None) is None]
+            if missing:
+                raise ValueError(f"prefit='oof' needs cross-fitted members, but {missing} have no oof_scores_: fit "
+                                 "them as Bagging(estimator, mode='kfold') on the rows passed here")
+            P = [e.oof_scores_ for _, e in members]
+        else:
+            P = S.member_scores(members, X) if select else None
+        if select:
+            w, self.val_score_, self.scores_ = S.select(task, P, X, y, labels, n_iter)
+        else:
+            w = np.full(len(members), 1.0 / len(members)) if weights is None else weights
+        self.task_, self.labels_, self.members_ = task, labels, members
+        self.weights_ = {n: float(v) for (n, _), v in zip(members, w)}
+        self.fit_time_ = time.perf_counter() - start
+        return self
 
 
 class Voting(_Fusion):
@@ -187,9 +245,18 @@ class Voting(_Fusion):
             )
         return w / w.sum()
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "Voting":
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "Voting":
         start = time.perf_counter()
         _check_choice("voting", self.voting, ("hard", "soft"))
+        task = S.task_of(check_members(self.members, required=("fit",)))
+        if task is not None:  # NER / QA members: the task's own averaging, weights picked on its metric
+            if self.voting == "hard":
+                raise ValueError(f"voting='hard' applies to classifiers; {task.name} members vote soft: fix: pass "
+                                 "voting='soft'")
+            members = check_members(self.members, required=("fit", "predict_scores"))
+            fit_w = isinstance(self.weights, str) and self.weights == "fit"
+            return self._fit_structured(task, members, X, y, select=fit_w,
+                                        weights=None if fit_w else self._check_weights(len(members)))
         members = check_members(self.members)
         w = self._check_weights(len(members))
         fit_weights = w is None and self.weights is not None  # weights="fit"
@@ -273,10 +340,14 @@ class EnsembleSelection(_Fusion):
         self.validation_fraction = validation_fraction
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "EnsembleSelection":
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "EnsembleSelection":
         start = time.perf_counter()
         _check_positive_int("n_iter", self.n_iter)
         _check_choice("metric", self.metric, ("log_loss", "accuracy"))
+        task = S.task_of(check_members(self.members, required=("fit",)))
+        if task is not None:  # NER / QA members: selection on the task's metric (entity F1, SQuAD F1)
+            members = check_members(self.members, required=("fit", "predict_scores"))
+            return self._fit_structured(task, members, X, y, select=True, n_iter=self.n_iter)
         fitted, classes, X_va, y_va, sw = _prepare(
             self.members, X, y, sample_weight, prefit=self.prefit,
             holdout=None if self.prefit else self.validation_fraction, random_state=self.random_state)
@@ -361,9 +432,12 @@ class Bagging(_Fusion):
         self.fold_validation = fold_validation
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "Bagging":
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "Bagging":
         start = time.perf_counter()
         _check_choice("mode", self.mode, ("bootstrap", "kfold"))
+        task = getattr(self.estimator, "task_", None)
+        if task is not None and not task.is_classifier:
+            return self._fit_structured_bag(task, X, y, start)
         check_members([("estimator", self.estimator)], param="estimator")
         X, y = _as_2d(X), np.asarray(y)
         check_classification_targets(y)
@@ -392,6 +466,27 @@ class Bagging(_Fusion):
             self.oof_score_ = float(accuracy_score(y, self.classes_[self.oof_proba_.argmax(1)], sample_weight=sw))
             self.ensemble_ = None
         self.weights_ = {n: 1.0 / len(self.members_) for n, _ in self.members_}
+        self.fit_time_ = time.perf_counter() - start
+        return self
+
+    def _fit_structured_bag(self, task, X, y, start) -> "Bagging":
+        """k-fold bagging of a NER / QA Finetuner: fold models, their out-of-fold scores (``oof_scores_``) and the
+        out-of-fold metric (``oof_score_``); prediction averages the fold models through the task's ``fuse``."""
+        if self.mode != "kfold":
+            raise ValueError(f"mode={self.mode!r}: {task.name} members bag in mode='kfold' (out-of-fold scores for "
+                             "stacking and selection); fix: pass mode='kfold'")
+        _check_positive_int("n_splits", self.n_splits)
+        if self.n_splits < 2:
+            raise ValueError(f"n_splits={self.n_splits!r} is not valid: k-fold bagging needs n_splits >= 2")
+        X = task.check_X(X)
+        y = task.check_y(y, X)
+        self.members_, self.oof_scores_ = S.kfold_bag(self.estimator, X, y, n_splits=self.n_splits,
+                                                      random_state=self.random_state,
+                                                      fold_validation=bool(self.fold_validation))
+        self.task_, self.labels_ = task, S.check_labels(self.members_)
+        self.oof_score_ = float(task.metric(y, task.decode(X, self.oof_scores_, self.labels_)))
+        self.weights_ = {n: 1.0 / len(self.members_) for n, _ in self.members_}
+        self.ensemble_ = None
         self.fit_time_ = time.perf_counter() - start
         return self
 

@@ -6,19 +6,18 @@ on held-out data, and returns a Finetuner carrying the fused weights.
 """
 from __future__ import annotations
 
-import copy
 import time
-from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from . import weights as W
 from .members import check_fitted_members, check_members
 
-METHODS = ("uniform_soup", "greedy_soup", "wise_ft", "task_arithmetic", "ties", "dare")
+METHODS = tuple(W.WEIGHT_METHODS)  # every registered weight-space method is reachable by name
 ALPHAS = tuple(np.round(np.linspace(0, 1, 11), 2))  # WiSE-FT's grid (Wortsman et al., 2022 use the same 0.1 steps)
 
 
@@ -27,31 +26,15 @@ def state_of(member) -> dict[str, torch.Tensor]:
     return member.model_.state_dict()
 
 
-def with_state(template, state: dict[str, torch.Tensor]):
-    """A copy of the fitted Finetuner ``template`` carrying the weights ``state``."""
-    model = template.model_
-    template.model_ = None  # do not deep-copy the template's weights only to overwrite them
-    try:
-        out = copy.deepcopy(template)
-    finally:
-        template.model_ = model
-    out.model_ = copy.deepcopy(model)
-    out.model_.load_state_dict(state)
-    out.frozen_backbone_ = False  # new weights: predict through the model, not the pretrained feature cache
-    return out
-
-
 def pretrained_state(member) -> dict[str, torch.Tensor]:
     """The backbone's pretrained weights (θ0), without the head: the start every member was fine-tuned from."""
-    from ..finetuner import head_module
-
-    model = member._build(len(member.classes_))[0]
-    head = head_module(model)[0]
-    return {k: v for k, v in model.state_dict().items() if not k.startswith(head + ".")}
+    model = member.pretrained_model()
+    heads = member.task_.head_names
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(h + "." for h in heads))}
 
 
 def check_fusable(members) -> None:
-    """Weight-space fusion needs one backbone, one architecture and one label set: name who breaks it and why."""
+    """Weight-space fusion needs one backbone, one architecture, one task and one label set: name who breaks it."""
     names = [n for n, _ in members]
     for (n, m) in members:
         if not hasattr(m, "model_") or not hasattr(m, "backbone"):
@@ -59,6 +42,14 @@ def check_fusable(members) -> None:
                              "fusion takes fitted Finetuners only: use output-space fusion (Voting, Stacking) for it")
     first_name, first = members[0]
     for n, m in members[1:]:
+        if m.task_.name != first.task_.name:
+            raise ValueError(f"members {first_name!r} and {n!r} solve different tasks ({first.task_.name!r} vs "
+                             f"{m.task_.name!r}); their weights cannot be averaged: fuse members of one task")
+        a, b = first.labels_, m.labels_
+        if (a is None) != (b is None) or (a is not None and list(a) != list(b)):
+            raise ValueError(f"members {first_name!r} and {n!r} have different classes (label sets or orders) "
+                             f"({None if a is None else list(a)[:6]} vs {None if b is None else list(b)[:6]}); "
+                             "averaging their heads would mix labels: refit them on the same labels")
         if getattr(m, "pooling_", None) != getattr(first, "pooling_", None):
             raise ValueError(f"members {first_name!r} and {n!r} read different pooled features ({first.pooling_!r} "
                              f"vs {m.pooling_!r}); their heads cannot be averaged: refit them with one pooling, or "
@@ -67,6 +58,9 @@ def check_fusable(members) -> None:
             raise ValueError(f"members {first_name!r} and {n!r} start from different backbones ({first.backbone!r} "
                              f"vs {m.backbone!r}); weights of different pretrained starts cannot be averaged: use "
                              "output-space fusion (Voting, Stacking) for them")
+        if m.tokenizer_.get_vocab() != first.tokenizer_.get_vocab():
+            raise ValueError(f"members {first_name!r} and {n!r} use different tokenizers; their embeddings cannot be "
+                             "averaged: fuse members of one backbone")
     W.check_compatible([state_of(m) for _, m in members], names)
 
 
@@ -90,55 +84,67 @@ class WeightFusion(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, sample_weight=None):
         t0 = time.perf_counter()
         if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is not one of {list(METHODS)}; fix: pick one, e.g. "
+            raise ValueError(f"method={self.method!r} is not one of {sorted(METHODS)}; fix: pick one, e.g. "
                              "'greedy_soup'")
-        members = check_members(self.members)
-        self.classes_ = check_fitted_members(members)
+        members = check_members(self.members, required=("fit",))
         check_fusable(members)
-        y = np.asarray(y)
         template = members[0][1]
+        if template.task_.is_classifier:
+            self.classes_ = check_fitted_members(members)
+        self.labels_ = template.labels_
         states = [state_of(m) for _, m in members]
         names = [n for n, _ in members]
 
-        def score(state) -> float:
-            return float(with_state(template, state).score(X, y, sample_weight))
+        def score(state) -> float:  # the task's metric: accuracy, entity F1, SQuAD F1
+            return float(template.with_weights(state).score(X, y, sample_weight))
 
-        chosen = list(range(len(members)))
-        self.params_: dict[str, Any] = {}
-        if self.method == "uniform_soup":
-            fused = W.uniform(states)
-        elif self.method == "greedy_soup":
-            fused, chosen = W.greedy_soup(states, score, names=names)
-        elif self.method == "wise_ft":
+        entry = W.get_weight_method(self.method)
+        base = pretrained_state(template) if entry.needs_base else None
+        chosen, self.params_ = list(range(len(members))), {}
+        if entry.search == "greedy":
+            fused, chosen = entry.fn(states, score, names=names, **entry.options)
+        elif entry.search == "alpha":  # WiSE-FT: the best member interpolated towards θ0
             best = int(np.argmax([m.score(X, y, sample_weight) for _, m in members]))
-            base = pretrained_state(template)
-            scores = {a: score(W.interpolate(base, states[best], a)) for a in ALPHAS}
+            scores = {a: score(entry.fn(base, states[best], a)) for a in ALPHAS}
             alpha = max(scores, key=lambda a: (scores[a], a))  # ties go to the larger alpha (closer to fine-tuned)
-            fused, chosen, self.params_ = W.interpolate(base, states[best], alpha), [best], {"alpha": alpha}
-        else:
-            base = pretrained_state(template)
-            method = {"task_arithmetic": "sum", "ties": "ties", "dare": "dare"}[self.method]
+            fused, chosen, self.params_ = entry.fn(base, states[best], alpha), [best], {"alpha": alpha}
+        elif entry.search == "scale":  # task vectors: the merge scale on validation
             k = len(states)
             scales = sorted({round(s / k, 4) for s in (1, k / 2, k)} | {1.0})  # 1/k is the uniform soup for "sum"
-            merged = {s: W.task_arithmetic(base, states, scale=s, method=method, density=self.density,
-                                           seed=self.seed) for s in scales}
+            merged = {s: entry.fn(base, states, scale=s, density=self.density, seed=self.seed, **entry.options)
+                      for s in scales}
             scores = {s: score(st) for s, st in merged.items()}
             scale = max(scores, key=lambda s: (scores[s], -s))
             fused, self.params_ = merged[scale], {"scale": scale, "density": self.density}
-        self.fused_ = with_state(template, fused)
+        else:
+            fused = entry.fn(states, **entry.options)
         # the soup's backbone is the pretrained one only if no member trained it (then cached features stay valid)
-        self.fused_.frozen_backbone_ = all(m.frozen_backbone_ for _, m in members)
+        self.fused_ = template.with_weights(fused, frozen_backbone=all(m.frozen_backbone_ for _, m in members))
         self.members_ = members
         self.weights_ = {n: (chosen.count(i) / len(chosen) if i in chosen else 0.0) for i, n in enumerate(names)}
         self.fit_time_ = time.perf_counter() - t0
         return self
 
+    @available_if(lambda self: self.fused_.task_.is_classifier if hasattr(self, "fused_") else True)
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "fused_")
         return self.fused_.predict_proba(X)
 
-    def predict(self, X) -> np.ndarray:
+    def predict_scores(self, X):
+        check_is_fitted(self, "fused_")
+        return self.fused_.predict_scores(X)
+
+    def predict(self, X):
+        check_is_fitted(self, "fused_")
         return self.fused_.predict(X)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        check_is_fitted(self, "fused_")
+        return self.fused_.score(X, y, sample_weight)
+
+    @property
+    def task_(self):
+        return check_members(self.members)[0][1].task_
 
     def save(self, path):
         """The fused model is a plain Finetuner checkpoint: it loads with ``Finetuner.load``."""
@@ -154,6 +160,4 @@ def soup_from_checkpoints(paths, weights=None):
         raise ValueError("paths=[] is empty: pass at least one Finetuner checkpoint folder")
     template = Finetuner.load(paths[0])
     # keys and shapes are checked file by file while streaming; a bad file is named in the error
-    template.model_.load_state_dict(W.uniform_from_files(list(paths), weights))
-    template.frozen_backbone_ = False  # new weights: predict through the model, not the pretrained feature cache
-    return template
+    return template.with_weights(W.uniform_from_files(list(paths), weights))

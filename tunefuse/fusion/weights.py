@@ -7,10 +7,9 @@ differ belong in output-space fusion (voting/stacking). Floating tensors are com
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
@@ -344,36 +343,43 @@ def greedy_soup(candidates: Sequence[StateDict | PathLike], score: Callable[[dic
 # ------------------------------------------------------------------------------------------------------------ registry
 @dataclass(frozen=True)
 class WeightMethod:
-    """A weight-space fusion method: the function to call and the paper it comes from."""
+    """A weight-space fusion method: the function to call, what ``WeightFusion`` picks on validation data, and the
+    paper it comes from. ``search``: "none" (the function alone), "greedy" (it takes a score), "alpha" (WiSE-FT's
+    mixing weight) or "scale" (a task-arithmetic merge scale); ``options``: keyword arguments of ``fn``."""
 
     name: str
     fn: Callable[..., Any]
     paper: str
     url: str
+    search: str = "none"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    needs_base: bool = False  # uses the pretrained weights θ0 (task vectors, WiSE-FT)
 
 
 WEIGHT_METHODS: dict[str, WeightMethod] = {}
 
 
-def _register(name: str, fn: Callable[..., Any], paper: str, url: str) -> None:
+def _register(name: str, fn: Callable[..., Any], paper: str, url: str, **kw: Any) -> None:
     if name in WEIGHT_METHODS:
         raise ValueError(f"weight method {name!r} is already registered; pick a new name.")
-    WEIGHT_METHODS[name] = WeightMethod(name, fn, paper, url)
+    WEIGHT_METHODS[name] = WeightMethod(name, fn, paper, url, **kw)
 
 
 _SOUPS = "Wortsman et al., 2022, Model soups: averaging weights of multiple fine-tuned models"
+_TIES = ("Yadav et al., 2023, TIES-Merging: Resolving interference when merging models",
+         "https://arxiv.org/abs/2306.01708")
+_DARE = ("Yu et al., 2024, Language models are Super Mario: absorbing abilities from homologous models as a free "
+         "lunch", "https://arxiv.org/abs/2311.03099")
 _register("uniform_soup", uniform, _SOUPS, "https://arxiv.org/abs/2203.05482")
-_register("greedy_soup", greedy_soup, _SOUPS, "https://arxiv.org/abs/2203.05482")
+_register("greedy_soup", greedy_soup, _SOUPS, "https://arxiv.org/abs/2203.05482", search="greedy")
 _register("wise_ft", interpolate, "Wortsman et al., 2022, Robust fine-tuning of zero-shot models",
-          "https://arxiv.org/abs/2109.01903")
+          "https://arxiv.org/abs/2109.01903", search="alpha", needs_base=True)
 _register("task_arithmetic", task_arithmetic, "Ilharco et al., 2023, Editing models with task arithmetic",
-          "https://arxiv.org/abs/2212.04089")
-_register("ties", functools.partial(task_arithmetic, method="ties"),
-          "Yadav et al., 2023, TIES-Merging: Resolving interference when merging models",
-          "https://arxiv.org/abs/2306.01708")
-_register("dare", functools.partial(task_arithmetic, method="dare"),
-          "Yu et al., 2024, Language models are Super Mario: absorbing abilities from homologous models as a free "
-          "lunch", "https://arxiv.org/abs/2311.03099")
+          "https://arxiv.org/abs/2212.04089", search="scale", options={"method": "sum"}, needs_base=True)
+_register("ties", task_arithmetic, *_TIES, search="scale", options={"method": "ties"}, needs_base=True)
+_register("dare", task_arithmetic, *_DARE, search="scale", options={"method": "dare"}, needs_base=True)
+_register("dare_ties", task_arithmetic, _DARE[0] + "; sign election of TIES", _DARE[1], search="scale",
+          options={"method": "dare_ties"}, needs_base=True)
 
 
 def get_weight_method(name: str) -> WeightMethod:
