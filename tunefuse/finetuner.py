@@ -471,7 +471,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         pred = self.task_.decode(X, self._scores(X), self.labels_)
         return pred
 
-    def score(self, X, y, sample_weight=None) -> float:
+    def score(self, X, y=None, sample_weight=None) -> float:
         """The task's metric: accuracy, entity F1 (seqeval, micro) or SQuAD F1; labels unseen during fit are errors."""
         check_is_fitted(self, "model_")
         task = self.task_

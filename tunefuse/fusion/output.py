@@ -170,8 +170,11 @@ class _Fusion(ClassifierMixin, BaseEstimator):
             return self.task_.metric(self.task_.check_y(y, X), self.predict(X))
         return super().score(X, y, sample_weight)
 
-    def _fit_structured(self, task, members, X, y, *, select: bool, weights=None, n_iter: int = 50) -> "_Fusion":
-        """Voting/EnsembleSelection over NER or QA members: weights given, uniform, or selected on the metric."""
+    def _fit_structured(self, task, members, X, y, *, select: str | None, weights=None, n_iter: int = 50
+                        ) -> "_Fusion":
+        """Voting/EnsembleSelection over NER or QA members: weights given, uniform, fitted on the validation
+        log-likelihood of the truth (``select="loglik"``: per word, per question) or selected greedily on the task
+        metric (``select="metric"``)."""
         start = time.perf_counter()
         _check_choice("prefit", self.prefit, (False, True, "oof"))
         X = task.check_X(X)
@@ -194,8 +197,11 @@ class _Fusion(ClassifierMixin, BaseEstimator):
             P = [e.oof_scores_ for _, e in members]
         else:
             P = S.member_scores(members, X) if select else None
-        if select:
+        if select == "metric":
             w, self.val_score_, self.scores_ = S.select(task, P, X, y, labels, n_iter)
+        elif select == "loglik":  # the classifiers' simplex fit, on each row's probability of its truth
+            truth = np.stack([task.truth_proba(X, p, y, labels) for p in P])
+            w = _fit_simplex_weights(np.stack([1 - truth, truth], -1), np.ones(truth.shape[1], dtype=int), None)
         else:
             w = np.full(len(members), 1.0 / len(members)) if weights is None else weights
         self.task_, self.labels_, self.members_ = task, labels, members
@@ -255,7 +261,7 @@ class Voting(_Fusion):
                                  "voting='soft'")
             members = check_members(self.members, required=("fit", "predict_scores"))
             fit_w = isinstance(self.weights, str) and self.weights == "fit"
-            return self._fit_structured(task, members, X, y, select=fit_w,
+            return self._fit_structured(task, members, X, y, select="loglik" if fit_w else None,
                                         weights=None if fit_w else self._check_weights(len(members)))
         members = check_members(self.members)
         w = self._check_weights(len(members))
@@ -347,7 +353,7 @@ class EnsembleSelection(_Fusion):
         task = S.task_of(check_members(self.members, required=("fit",)))
         if task is not None:  # NER / QA members: selection on the task's metric (entity F1, SQuAD F1)
             members = check_members(self.members, required=("fit", "predict_scores"))
-            return self._fit_structured(task, members, X, y, select=True, n_iter=self.n_iter)
+            return self._fit_structured(task, members, X, y, select="metric", n_iter=self.n_iter)
         fitted, classes, X_va, y_va, sw = _prepare(
             self.members, X, y, sample_weight, prefit=self.prefit,
             holdout=None if self.prefit else self.validation_fraction, random_state=self.random_state)

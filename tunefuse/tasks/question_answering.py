@@ -227,6 +227,16 @@ class QuestionAnswering:
         """SQuAD F1 on a 0-1 scale: token overlap after normalisation, the max over gold answers."""
         return float(np.mean(self.per_example_f1(y_true, y_pred)))
 
+    def truth_proba(self, X: list[QAExample], scores: list[dict], y: list[tuple], labels) -> np.ndarray:
+        """The probability each question's candidates give a gold answer (spans whose normalised text matches one,
+        or "no answer" for an unanswerable question): what a fitted vote's weights maximise the log-likelihood of."""
+        out = []
+        for x, cand, gold in zip(X, scores, y):
+            texts = {normalize_answer(t) for t, _ in gold}
+            out.append(sum(p for s, e, p in cand["spans"] if normalize_answer(x.context[s:e]) in texts) if texts
+                       else cand["null"])
+        return np.asarray(out, dtype=float)
+
     @staticmethod
     def per_example_f1(y_true: list[tuple], y_pred: list[str]) -> np.ndarray:
         out = []

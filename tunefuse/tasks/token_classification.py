@@ -220,6 +220,12 @@ class TokenClassification:
     def metric(self, y_true, y_pred) -> float:
         return entity_f1(y_true, y_pred)
 
+    def truth_proba(self, X: list, scores: list[np.ndarray], y: list[list[str]], labels) -> np.ndarray:
+        """The probability each word's score gives its true tag (one row per word): what a fitted vote's weights
+        maximise the log-likelihood of."""
+        index = {t: i for i, t in enumerate(np.asarray(labels).tolist())}
+        return np.concatenate([np.asarray(s)[np.arange(len(t)), [index[v] for v in t]] for s, t in zip(scores, y)])
+
     def fuse(self, member_scores: Sequence[list], weights: Sequence[float] | None = None) -> list[np.ndarray]:
         """Per-word weighted mean of the members' tag probabilities (members must share one tag order)."""
         w = check_weights(weights, len(member_scores))
