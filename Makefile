@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunefuse-installed
 
-.PHONY: demo test bench-speed bench-fusion bench-cost clean
+.PHONY: demo test test-fast bench-speed bench-fusion bench-cost bench-tasks clean
 
 $(STAMP): pyproject.toml requirements/assets.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,7 +20,11 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m tunefuse.demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests; rc=$$?; \
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): the suite is missing" >&2; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10 -m "not slow" tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): the suite is missing" >&2; exit 1; fi; exit $$rc
 
 bench-speed: $(STAMP)
@@ -31,6 +35,9 @@ bench-fusion: $(STAMP)
 
 bench-cost: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/fusion_cost.py
+
+bench-tasks: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/tasks_text.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

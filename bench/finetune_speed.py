@@ -31,7 +31,7 @@ from tunefuse import Finetuner  # noqa: E402
 from tunefuse.backbones import resolve_backbone  # noqa: E402
 from tunefuse.data import collate, predict_batches, tokenize  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
-from tunefuse.finetuner import quiet_transformers  # noqa: E402
+from tunefuse.loading import quiet_transformers  # noqa: E402
 
 HP = dict(epochs=1, batch_size=16, lr=5e-5, max_length=128)
 
@@ -107,7 +107,7 @@ def _tunefuse_fit(X, y, seed: int, **params):
     seconds = time.perf_counter() - t
     clf.model_.eval()
     # the Finetuner's own forward: with mean pooling (MiniLM's default) the head reads the masked mean, not [CLS]
-    return clf.model_, clf.tokenizer_, seconds, clf._logits
+    return clf.model_, clf.tokenizer_, seconds, lambda inputs: clf.task_.logits(clf.model_, inputs, clf.pooling_)
 
 
 ROWS = {  # name -> (runner, kwargs, every seed?)

@@ -1,6 +1,9 @@
+import pytest
+
 from tunefuse import demo
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     board = demo.main(["--train", "160", "--test", "96", "--epochs", "1", "--layers", "1", "--out",
                        str(tmp_path / "report")])

@@ -206,6 +206,7 @@ def test_template_wraps_every_text_and_keys_the_feature_cache(fitted, reviews):
     assert clone(prompted).get_params()["template"] == 'Review: "{text}" Liked?'
 
 
+@pytest.mark.slow
 def test_gguf_decoder_backbone_fits_saves_and_reloads(reviews, tmp_path):
     """SmolLM2-135M from its package's GGUF file (dequantised on load), cut to 2 layers: a head-only member with
     mean pooling over a prompted text and a standardised probe (Llama's head has no bias: scaled only, as the bench's

@@ -20,6 +20,7 @@ def members(reviews):
     return [(n, Finetuner(epochs=1, **TINY, **kw).fit(X, y)) for n, kw in specs]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_weight_method_fuses_into_one_finetuner(members, reviews, method):
     _, _, Xt, yt = reviews

@@ -1,5 +1,4 @@
 """A fit killed mid-epoch resumes from its saved training state to exactly the weights of an uninterrupted fit."""
-import numpy as np
 import pytest
 import torch
 

@@ -22,6 +22,7 @@ def data(request, reviews):
     return X, y, Xt, yt
 
 
+@pytest.mark.slow
 def test_cross_val_score_with_full_finetuning(data):
     from sklearn.model_selection import StratifiedKFold
     from sklearn.utils import _safe_indexing
@@ -33,6 +34,7 @@ def test_cross_val_score_with_full_finetuning(data):
     assert scores.shape == (2,) and scores[0] == manual
 
 
+@pytest.mark.slow
 def test_stacking(data):
     X, y, Xt, yt = data
     stack = StackingClassifier([("a", head(random_state=0)), ("b", head(random_state=1, probe_l2=1e-2))],
@@ -47,6 +49,7 @@ def test_voting(data):
     assert vote.predict_proba(Xt).shape == (len(Xt), 2)
 
 
+@pytest.mark.slow
 def test_bagging(data):
     X, y, Xt, _ = data
     bag = BaggingClassifier(head(), n_estimators=2, random_state=0).fit(X, y)
@@ -55,6 +58,7 @@ def test_bagging(data):
     np.testing.assert_allclose(bag.predict_proba(Xt), mean, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_adaboost_uses_sample_weight(data):
     X, y, Xt, _ = data
     boost = AdaBoostClassifier(head(), n_estimators=2, random_state=0).fit(X, y)

@@ -232,6 +232,7 @@ def test_soft_vote_is_the_mean_of_the_members_scores(fitted, ner_data, qa_data, 
 
 
 @pytest.mark.parametrize("method", ["uniform_soup", "greedy_soup", "ties", "dare_ties", "wise_ft"])
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["token-classification", "question-answering"])
 def test_weight_fusion_of_a_member_with_itself_is_the_member(fitted, ner_data, qa_data, task, method):
     _, (Xv, yv), (Xt, yt) = _split(task, ner_data, qa_data)
@@ -239,8 +240,22 @@ def test_weight_fusion_of_a_member_with_itself_is_the_member(fitted, ner_data, q
     soup = WeightFusion([("a", member), ("b", member)], method=method).fit(Xv, yv)
     if method in ("uniform_soup", "greedy_soup"):
         assert soup.predict(Xt) == member.predict(Xt)
-    else:  # merges towards θ0 choose their scale/alpha on validation: never below the pretrained start there
-        assert soup.score(Xv, yv) >= 0.0 and len(soup.predict(Xt)) == len(Xt)
+    elif method == "wise_ft":  # alpha = 1 (the member itself) is on the grid: the chosen alpha is no worse there
+        assert soup.score(Xv, yv) >= member.score(Xv, yv) and 0 <= soup.params_["alpha"] <= 1
+    else:  # TIES keeps the top half of the task vector by magnitude: a sparser model, scaled on validation
+        assert soup.params_["scale"] in (0.5, 1.0)
+        fused, own = soup.fused_.model_.state_dict(), member.model_.state_dict()
+        changed = [k for k in own if own[k].is_floating_point() and not torch.equal(fused[k], own[k])]
+        assert len(changed) > len(own) // 2
+
+
+def test_stacking_and_boosting_are_classification_only(fitted, ner_data):
+    from tunefuse.fusion import Boosting, Stacking
+
+    with pytest.raises(ValueError, match="Stacking combines class-probability rows; token-classification members"):
+        Stacking(_members(fitted, "token-classification"), prefit=True).fit(*ner_data[1])
+    with pytest.raises(ValueError, match="Boosting combines class-probability rows"):
+        Boosting(Finetuner(task="ner", **TINY)).fit(*ner_data[1])
 
 
 def test_weight_fusion_refuses_members_of_other_tasks(fitted, ner_data):
@@ -249,6 +264,7 @@ def test_weight_fusion_refuses_members_of_other_tasks(fitted, ner_data):
                       ("qa", fitted["question-answering", "full"])]).fit(*ner_data[1])
 
 
+@pytest.mark.slow
 def test_ner_kfold_bag_out_of_fold_scores(ner_data):
     (X, y), _, (Xt, yt) = ner_data
     bag = Bagging(Finetuner(strategy="head", task="ner", **TINY), mode="kfold", n_splits=3).fit(X[:120], y[:120])
@@ -260,6 +276,7 @@ def test_ner_kfold_bag_out_of_fold_scores(ner_data):
     assert sel.val_score_ == pytest.approx(bag.oof_score_)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["token-classification", "question-answering"])
 def test_distillation_student_learns_the_teachers_scores(fitted, ner_data, qa_data, task):
     (X, y), (Xv, yv), (Xt, yt) = _split(task, ner_data, qa_data)
@@ -347,3 +364,27 @@ def test_fitted_vote_weights_maximise_the_validation_likelihood(fitted, ner_data
     uniform = Voting(members, prefit=True).fit(Xv, yv)
     assert loglik(fitted_w) >= loglik(uniform) - 1e-9
     assert abs(sum(fitted_w.weights_.values()) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("task", ["token-classification", "question-answering"])
+def test_task_fusions_save_and_load(fitted, ner_data, qa_data, task, tmp_path):
+    from tunefuse.fusion import load_fusion, save_fusion
+
+    _, (Xv, yv), (Xt, _) = _split(task, ner_data, qa_data)
+    es = EnsembleSelection(_members(fitted, task), prefit=True, n_iter=5).fit(Xv, yv)
+    again = load_fusion(save_fusion(es, tmp_path / "es"))
+    assert again.weights_ == es.weights_ and again.task_ == es.task_
+    assert again.predict(Xt) == es.predict(Xt)
+
+
+def test_cross_val_fusion_gives_honest_ner_validation_scores(fitted, ner_data):
+    from tunefuse.fusion import cross_val_fusion
+
+    _, (Xv, yv), _ = ner_data
+    members = _members(fitted, "token-classification")
+    oof = cross_val_fusion(EnsembleSelection(members, prefit=True, n_iter=5), Xv, yv, n_splits=3)
+    assert len(oof) == len(Xv) and [s.shape[0] for s in oof] == [len(x) for x in Xv]
+    # a fusion with nothing to fit predicts each held-out fold exactly as it predicts in-sample
+    vote = Voting(members, prefit=True)
+    for a, b in zip(cross_val_fusion(vote, Xv, yv, n_splits=3), vote.fit(Xv, yv).predict_scores(Xv)):
+        np.testing.assert_allclose(a, b)

@@ -29,7 +29,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.backbones import resolve_backbone  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
-from tunefuse.finetuner import quiet_transformers  # noqa: E402
+from tunefuse.loading import quiet_transformers  # noqa: E402
 
 
 def continue_pretraining(texts: list[str], out: str, *, batch_size: int = 32, lr: float = 1e-4, epochs: int = 1,

@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from tunefuse.backbones import resolve_backbone  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
-from tunefuse.finetuner import quiet_transformers  # noqa: E402
+from tunefuse.loading import quiet_transformers  # noqa: E402
 
 LAYERS = (4, 8, 12, 16, 20, 24, 30)
 

@@ -33,7 +33,7 @@ def main() -> None:
     y = np.asarray(y)
     # The bag computes the frozen features of all 2,000 rows once (shared cache); its folds are the ones below
     bag = Bagging(smol_head(verbose=0), mode="kfold", n_splits=5, fold_validation=True).fit(X, y)
-    features = bag.members_[0][1]._features(list(X["text"]))
+    features = bag.members_[0][1].features(list(X["text"]))
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
     print(f"tunefuse probe (L2 on each held-out fold's log-loss), k-fold bag: out-of-fold acc {bag.oof_score_:.4f}")
     print("C        raw     standardised")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils import _safe_indexing
 
 from .. import features
@@ -163,7 +163,20 @@ def cross_val_fusion(fusion: Any, X: Any, y: Any, *, n_splits: int = 5, random_s
     >>> nb = GaussianNB().fit(X[::2], y[::2])
     >>> cross_val_fusion(Voting([("nb", nb)], weights="fit", prefit=True), X[1::2], y[1::2], n_splits=3).shape
     (75, 3)
+
+    For NER and QA fusions (members with a ``task_``) it returns the out-of-fold fused scores (per-word tag
+    probabilities, span candidates), one per row; ``fusion.task_.metric`` of their decoding is the honest score.
     """
+    task = _task_of_params(fusion)
+    if task is not None:
+        X = task.check_X(X)
+        y = task.check_y(y, X)
+        scores: list = [None] * len(X)
+        for tr, te in KFold(n_splits, shuffle=True, random_state=random_state).split(np.zeros(len(X))):
+            f = type(fusion)(**fusion.get_params(deep=False)).fit([X[i] for i in tr], [y[i] for i in tr])
+            for i, s in zip(te, f.predict_scores([X[i] for i in te])):
+                scores[i] = s
+        return scores
     y = np.asarray(y)
     out = None
     for tr, te in StratifiedKFold(n_splits, shuffle=True, random_state=random_state).split(np.zeros(len(y)), y):
@@ -172,6 +185,14 @@ def cross_val_fusion(fusion: Any, X: Any, y: Any, *, n_splits: int = 5, random_s
         out = np.zeros((len(y), p.shape[1])) if out is None else out
         out[te] = p
     return out
+
+
+def _task_of_params(fusion: Any):
+    """The NER / QA task of an unfitted fusion's members (None for classifiers)."""
+    from .structured import task_of
+
+    members = fusion.get_params(deep=False).get("members")
+    return task_of(members) if members else None
 
 
 def _oof(name: str, model: Any, n: int) -> np.ndarray:

@@ -137,6 +137,12 @@ def _proba_loss(proba: np.ndarray, y_idx: np.ndarray, sw: np.ndarray | None) -> 
     return float(np.average(-np.log(np.clip(proba[np.arange(len(y_idx)), y_idx], _EPS, None)), weights=sw))
 
 
+def _classifiers_only(what: str, task) -> None:
+    if task is not None:
+        raise ValueError(f"{what} combines class-probability rows; {task.name} members have none: fix: fuse them "
+                         "with Voting(weights='fit'), EnsembleSelection or Bagging(mode='kfold')")
+
+
 def _is_structured(fusion) -> bool:
     return fusion.__dict__.get("task_") is not None
 
@@ -279,7 +285,7 @@ class Voting(_Fusion):
         if self.prefit == "oof":  # the fusion's own out-of-fold predictions: its weights refitted per fold
             votes = np.eye(P.shape[2])[P.argmax(2)] if self.voting == "hard" else P
             self.oof_proba_ = _cross_fit_weights(_fit_simplex_weights if fit_weights else (lambda *_: w),
-                                                 P, y_idx, sw, apply=votes)
+                                                 P, y_idx, sw, apply=votes, seed=self.random_state)
         # Members are fitted above on the original labels (sklearn's VotingClassifier would refit them
         # on encoded labels), so each stays usable alone; frozen, they just get averaged here.
         self.ensemble_ = VotingClassifier([(n, FrozenEstimator(e)) for n, e in fitted], voting=self.voting,
@@ -360,7 +366,7 @@ class EnsembleSelection(_Fusion):
         P, y_idx = _holdout_proba(self.prefit, fitted, X_va, y_va), _encode(y_va, classes)
         w, best, self.scores_ = self._select(P, y_idx, sw)
         if self.prefit == "oof":  # the fusion's own out-of-fold predictions: selection rerun per fold
-            self.oof_proba_ = _cross_fit_weights(lambda *a: self._select(*a)[0], P, y_idx, sw)
+            self.oof_proba_ = _cross_fit_weights(lambda *a: self._select(*a)[0], P, y_idx, sw, seed=self.random_state)
         self.members_ = fitted
         self.classes_ = classes
         self.weights_ = {n: float(v) for (n, _), v in zip(fitted, w)}
@@ -525,6 +531,7 @@ class Boosting(_Fusion):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "Boosting":
         start = time.perf_counter()
+        _classifiers_only("Boosting", S.task_of([("estimator", self.estimator)]))
         check_members([("estimator", self.estimator)], param="estimator")
         _check_positive_int("n_estimators", self.n_estimators)
         if not has_fit_parameter(self.estimator, "sample_weight"):
@@ -573,15 +580,17 @@ class Stacking(_Fusion):
     True
     """
 
-    def __init__(self, members, *, final_estimator=None, cv=5, passthrough=False, prefit=False):
+    def __init__(self, members, *, final_estimator=None, cv=5, passthrough=False, prefit=False, random_state=0):
         self.members = members
         self.final_estimator = final_estimator
         self.cv = cv
         self.passthrough = passthrough
         self.prefit = prefit
+        self.random_state = random_state  # shuffles the meta-learner's folds with prefit="oof"
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "Stacking":
         start = time.perf_counter()
+        _classifiers_only("Stacking", S.task_of(check_members(self.members, required=("fit",))))
         members = check_members(self.members)
         if self.passthrough and not _is_numeric(X):
             raise ValueError(
@@ -614,7 +623,8 @@ class Stacking(_Fusion):
         meta = self._meta_features(_holdout_proba("oof", members, X, y), X)
         kw = {} if sw is None else {"sample_weight": sw}
         cv = self.cv if self.cv is not None else 5
-        cv = StratifiedKFold(cv, shuffle=True, random_state=0) if isinstance(cv, (int, np.integer)) else cv
+        cv = StratifiedKFold(cv, shuffle=True, random_state=self.random_state) if isinstance(cv, (int, np.integer)) \
+            else cv
         oof = cross_val_predict(clone(final), meta, y, cv=cv, method="predict_proba", params=kw)
         self.final_estimator_ = final.fit(meta, y, **kw)
         self.ensemble_ = None

@@ -11,6 +11,7 @@ with its members taken out) and ``members/<i>-<name>/`` (one :func:`save_member`
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import inspect
 import json
@@ -204,6 +205,13 @@ def save_fusion(fusion: Any, path: str | os.PathLike) -> Path:
                 continue
             if key == "classes_":
                 meta["classes"] = {"values": _jsonable(list(value)), "dtype": np.asarray(value).dtype.str}
+            elif key == "task_":  # NER / QA fusions: the task entry and its options, rebuilt from the registry
+                meta["task"] = {"name": value.name, "options": {f.name: getattr(value, f.name) for f in
+                                                                dataclasses.fields(value) if f.name != "name"}}
+            elif key == "labels_":
+                meta["labels"] = None if value is None else _jsonable(list(value))
+            elif key == "oof_scores_":  # per-word probabilities (NER) or span candidates (QA) per row
+                meta["oof_scores"] = [s.tolist() if isinstance(s, np.ndarray) else s for s in value]
             elif isinstance(value, np.ndarray):
                 arrays[key] = np.ascontiguousarray(value)
             elif _is_jsonable(value):
@@ -266,7 +274,17 @@ def load_fusion(path: str | os.PathLike, *, trusted: Iterable[str | type] | None
     if (path / "fitted.skops").is_file():
         for key, value in _skops_load(path / "fitted.skops", trusted).items():
             setattr(fusion, key, value)
-    fusion.classes_ = np.asarray(meta["classes"]["values"], dtype=np.dtype(meta["classes"]["dtype"]))
+    if "classes" in meta:
+        fusion.classes_ = np.asarray(meta["classes"]["values"], dtype=np.dtype(meta["classes"]["dtype"]))
+    if "task" in meta:
+        from ..tasks import get_task
+
+        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["task"]["options"].items()}
+        fusion.task_ = dataclasses.replace(get_task(meta["task"]["name"]), **opts)
+        fusion.labels_ = None if meta.get("labels") is None else np.asarray(meta["labels"])
+        if "oof_scores" in meta:
+            fusion.oof_scores_ = [{"spans": [tuple(x) for x in s["spans"]], "null": s["null"]} if isinstance(s, dict)
+                                  else np.asarray(s) for s in meta["oof_scores"]]
     fusion.members_ = members
     fusion.ensemble_ = None
     if "ensemble" in meta:
