@@ -77,3 +77,16 @@ def test_load_errors_name_the_problem(fitted, tmp_path):
 def test_format_constant_is_what_is_written(fitted, tmp_path):
     path = fitted.save(tmp_path / "ckpt")
     assert json.loads((path / "tunefuse.json").read_text())["format"] == ftm.FORMAT
+
+
+def test_checkpoint_of_the_previous_release_loads_as_text_classification(fitted, reviews, tmp_path):
+    """tunefuse.finetuner/1 (before tasks): 'classes' instead of 'labels', no task, no source."""
+    path = fitted.save(tmp_path / "ckpt")
+    meta = json.loads((path / "tunefuse.json").read_text())
+    old = {k: v for k, v in meta.items() if k not in ("task", "labels", "labels_dtype", "source")}
+    old.update(format="tunefuse.finetuner/1", classes=meta["labels"], classes_dtype=meta["labels_dtype"],
+               params={k: v for k, v in meta["params"].items() if k != "task"})
+    (path / "tunefuse.json").write_text(json.dumps(old))
+    loaded = Finetuner.load(path)
+    assert loaded.task_.name == "text-classification" and list(loaded.classes_) == ["neg", "pos"]
+    np.testing.assert_array_equal(loaded.predict_proba(reviews[2]), fitted.predict_proba(reviews[2]))

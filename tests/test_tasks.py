@@ -388,3 +388,16 @@ def test_cross_val_fusion_gives_honest_ner_validation_scores(fitted, ner_data):
     vote = Voting(members, prefit=True)
     for a, b in zip(cross_val_fusion(vote, Xv, yv, n_splits=3), vote.fit(Xv, yv).predict_scores(Xv)):
         np.testing.assert_allclose(a, b)
+
+
+def test_cross_val_fusion_of_a_soup_of_ner_members(fitted, ner_data):
+    from tunefuse.fusion import cross_val_fusion
+
+    _, (Xv, yv), _ = ner_data
+    members = [("a", fitted["token-classification", "full"]), ("b", fitted["token-classification", "full"])]
+    soup = WeightFusion(members, method="greedy_soup")
+    assert soup.task_.name == "token-classification"  # before fit, from the members
+    oof = cross_val_fusion(soup, Xv, yv, n_splits=3)
+    member_scores = members[0][1].predict_scores(Xv)  # a soup of a member with itself is the member, fold by fold
+    for a, b in zip(oof, member_scores):
+        np.testing.assert_allclose(a, b, atol=1e-6)

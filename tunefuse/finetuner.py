@@ -213,7 +213,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         task = self.task_
         X = task.check_X(X)
         labels = None if classes is None else np.asarray(classes)
-        if labels is None and task.name != "question-answering":
+        if labels is None and task.has_labels:
             raise ValueError(f"classes=None: task={task.name!r} needs the label set the scores are over; fix: pass "
                              "classes=teacher.labels_")
         val = self._validation(X_val, y_val, labels)
@@ -303,7 +303,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 self.model_ = self.model_.merge_and_unload()
         self.model_.eval().requires_grad_(False)
         if val is not None:  # options tuned on validation after training (QA's no-answer threshold)
-            self.task_entry_ = task.calibrate(val[0], self._scores(val[0]), val[1])
+            self.task_entry_ = task.calibrate(val[0], val[1], self._scores)
 
     def _pretrained(self, labels, device=None):
         task = self.task_
@@ -502,7 +502,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     def pretrained_model(self) -> torch.nn.Module:
         """A fresh copy of the pretrained backbone with this task's head freshly initialised (θ0 of the fine-tune)."""
         labels = getattr(self, "labels_", None)
-        if labels is None and self.task_.name != "question-answering":
+        if labels is None and self.task_.has_labels:
             labels = np.array([0, 1])  # unfitted: a two-class head (its weights are new either way)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(HEAD_INIT_SEED)
@@ -525,10 +525,21 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         return out
 
     # ------------------------------------------------------------------ checkpoints
+    @staticmethod
+    def _record(entry) -> dict:
+        fields = {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
+        return {"name": entry.name, "options": {k: v for k, v in fields.items() if k != "name"}}
+
+    @staticmethod
+    def _entry(record: dict):
+        entry = get_task(record["name"])
+        names = {f.name for f in dataclasses.fields(entry)}
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in record.get("options", {}).items()
+                   if k in names}
+        return dataclasses.replace(entry, **options)
+
     def _task_record(self) -> dict:
-        task = self.task_
-        fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
-        return {"name": task.name, "options": {k: v for k, v in fields.items() if k != "name"}}
+        return self._record(self.task_)
 
     def save(self, path) -> Path:
         """Write a folder: model.safetensors + config.json (``id2label`` filled) + tokenizer and tunefuse.json
@@ -541,7 +552,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             self.model_.config.label2id = {str(c): i for i, c in enumerate(self.labels_)}
         self.model_.config.tunefuse_pooling = self.pooling_  # tells a reader of config.json what the head reads
         self.model_.config.tunefuse_task = self.task_.name
-        params = dict(self.get_params(), task=self.task_.name)
+        # the task as the user gave it (a name, or an entry with options), and the fitted entry separately
+        params = dict(self.get_params(), task=self.task if isinstance(self.task, str) else self._record(self.task))
         labels = None if self.labels_ is None else np.asarray(self.labels_)
         with atomic_folder(path) as tmp, quiet_transformers():
             self.model_.save_pretrained(tmp, safe_serialization=True)
@@ -558,8 +570,6 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     def load(cls, path, device: str = "auto", task: str | None = None) -> "Finetuner":
         """Load a folder written by ``save``: safetensors only (never unpickled), without the backbone's package.
         ``task``: the task you expect; a checkpoint of another task is then an error, not a silent mis-read."""
-        from .tasks import get_task
-
         path = Path(path)
         meta = read_json(path / "tunefuse.json", "tunefuse Finetuner checkpoint")
         if meta.get("format") not in FORMATS_READ:
@@ -567,19 +577,17 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                              "fix: re-save it with this version of tunefuse")
         if not (path / "model.safetensors").exists():
             raise ValueError(f"{str(path)!r} has no model.safetensors; the checkpoint is incomplete: save it again")
-        record = meta.get("task") or {"name": "text-classification", "options": {}}  # /1: classification only
-        entry = get_task(record["name"])
-        options = {k: v for k, v in record.get("options", {}).items() if k in {f.name for f in dataclasses.fields(
-            entry)}}
-        entry = dataclasses.replace(entry, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+        entry = cls._entry(meta.get("task") or {"name": "text-classification"})  # /1: classification only
         if task is not None and get_task(task).name != entry.name:
             raise ValueError(f"{str(path)!r} holds a {entry.name!r} model, not {get_task(task).name!r}; fix: load "
                              f"it with task={entry.name!r} (or None), or point at a {get_task(task).name} checkpoint")
         params = {k: v for k, v in meta["params"].items() if k in cls._get_param_names()}  # drops retired params
         if "pooling" not in meta:  # written before pooling existed: the head read the model's own pooled output
             params["pooling"] = "native"
-        is_default = entry == get_task(entry.name)
-        est = cls(**dict(params, task=entry.name if is_default else entry, device=device))
+        if isinstance(params.get("task"), dict):
+            params["task"] = cls._entry(params["task"])
+        est = cls(**dict(params, device=device))
+        est.task_entry_ = entry
         raw = meta["labels"] if "labels" in meta else meta["classes"]
         dtype = meta.get("labels_dtype", meta.get("classes_dtype"))
         labels = None if raw is None else np.array(raw, dtype=np.dtype(dtype))

@@ -144,7 +144,7 @@ class WeightFusion(ClassifierMixin, BaseEstimator):
 
     @property
     def task_(self):
-        return check_members(self.members)[0][1].task_
+        return check_members(self.members, required=("fit",))[0][1].task_
 
     def save(self, path):
         """The fused model is a plain Finetuner checkpoint: it loads with ``Finetuner.load``."""

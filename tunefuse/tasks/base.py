@@ -42,6 +42,7 @@ class Task(Protocol):
     auto_model: str  # the transformers class that holds backbone + this head, e.g. "AutoModelForTokenClassification"
     peft_task_type: str  # peft's TaskType for LoRA
     head_names: tuple[str, ...]  # the new modules: no L2-SP anchor, no layer decay, trained alone by the probe
+    has_labels: bool  # a label vocabulary (classes, tags) that the head's outputs stand for; QA has none
     is_classifier: bool  # sklearn tags and predict_proba exist only for per-example classification
     paper: str
 
@@ -49,7 +50,7 @@ class Task(Protocol):
     def check_y(self, y: Any, X: list, param: str = "y") -> list: ...
     def labels(self, y: list) -> list[str] | np.ndarray | None: ...
     def fitted(self, y: list) -> "Task": ...  # the entry with the options the training data decide
-    def calibrate(self, X: list, scores: list, y: list) -> "Task": ...  # options tuned on validation after training
+    def calibrate(self, X: list, y: list, predict_scores) -> "Task": ...  # options tuned on validation after fit
     def encode(self, tokenizer, X: list, max_length: int, *, labels=None, y=None, soft=None,
                template: str | None = None) -> Encoded: ...
     def collate(self, enc: Encoded, rows: np.ndarray, pad_id: int) -> tuple[dict, Any]: ...

@@ -87,6 +87,7 @@ class QuestionAnswering:
     auto_model: str = "AutoModelForQuestionAnswering"
     peft_task_type: str = "QUESTION_ANS"
     head_names: tuple[str, ...] = ("qa_outputs",)
+    has_labels: bool = False  # a label vocabulary (classes, tags) that the head's outputs stand for
     is_classifier: bool = False
     paper: str = "Devlin et al., 2019 (BERT on SQuAD: start and end logits per token)"
     metric_name: str = "squad_f1"
@@ -125,12 +126,13 @@ class QuestionAnswering:
             return dataclasses.replace(self, allow_null=any(len(a) == 0 for a in y))
         return self
 
-    def calibrate(self, X: list[QAExample], scores: list[dict], y: list[tuple]) -> "QuestionAnswering":
-        """The no-answer threshold that maximises validation F1 (the official v2.0 search)."""
+    def calibrate(self, X: list[QAExample], y: list[tuple], predict_scores) -> "QuestionAnswering":
+        """The no-answer threshold that maximises validation F1 (the official v2.0 search); ``predict_scores(X)``
+        is called only when there is a threshold to tune."""
         if not self.allow_null:
             return self
         gold = [dataclasses.replace(x, answers=a, is_impossible=not a) for x, a in zip(X, y)]
-        return dataclasses.replace(self, null_threshold=float(tune_null_threshold(scores, gold)))
+        return dataclasses.replace(self, null_threshold=float(tune_null_threshold(predict_scores(X), gold)))
 
     def encode(self, tokenizer, X: list[QAExample], max_length: int, *, labels=None, y=None, soft=None,
                template=None) -> Encoded:

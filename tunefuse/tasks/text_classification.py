@@ -19,6 +19,7 @@ class TextClassification:
     auto_model: str = "AutoModelForSequenceClassification"
     peft_task_type: str = "SEQ_CLS"
     head_names: tuple[str, ...] = ("classifier", "score")  # BERT-style encoders call it classifier; decoders score
+    has_labels: bool = True  # a label vocabulary (classes, tags) that the head's outputs stand for
     is_classifier: bool = True
     paper: str = "Devlin et al., 2019 (BERT: sentence classification from a pooled representation)"
     metric_name: str = "accuracy"
@@ -41,7 +42,7 @@ class TextClassification:
     def fitted(self, y) -> "Task":
         return self  # no option of this task depends on the training data
 
-    def calibrate(self, X: list, scores, y) -> "Task":
+    def calibrate(self, X: list, y, predict_scores) -> "Task":
         return self  # nothing to tune on validation data after training
 
     def encode(self, tokenizer, X: list[str], max_length: int, *, labels=None, y=None, soft=None,

@@ -44,6 +44,7 @@ class TokenClassification:
     auto_model: str = "AutoModelForTokenClassification"
     peft_task_type: str = "TOKEN_CLS"
     head_names: tuple[str, ...] = ("classifier", "score")
+    has_labels: bool = True  # a label vocabulary (classes, tags) that the head's outputs stand for
     is_classifier: bool = False
     paper: str = "Devlin et al., 2019 (BERT: NER with the first sub-token's representation)"
     metric_name: str = "entity_f1"
@@ -82,7 +83,7 @@ class TokenClassification:
     def fitted(self, y) -> "Task":
         return self  # no option of this task depends on the training data
 
-    def calibrate(self, X: list, scores, y) -> "Task":
+    def calibrate(self, X: list, y, predict_scores) -> "Task":
         return self  # nothing to tune on validation data after training
 
     def encode(self, tokenizer, X: list, max_length: int, *, labels=None, y=None, soft=None, template=None
