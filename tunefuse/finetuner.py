@@ -274,9 +274,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.frozen_backbone_ = strategy.tune is None
         enc = self._encode(X, **target)
         w_units = torch.as_tensor(w[enc.example], dtype=torch.float32, device=self.device_)
-        val_enc = self._encode(val[0], y=val[1]) if val is not None else None
         if strategy.probe:  # stage 1: linear probe on frozen features, computed once and shared between members
-            self._probe(head, enc, w_units, val_enc)
+            self._probe(head, enc, w_units, self._encode(val[0], y=val[1]) if val is not None else None)
         if strategy.tune:
             if strategy.tune == "lora":
                 self.model_ = self._with_lora(self.model_)
