@@ -1,25 +1,60 @@
-"""tunefuse against Hugging Face's Trainer, one run, same model, data and hyperparameters.
+"""tunefuse against Hugging Face's Trainer, one run, same model, data and hyperparameters; training and inference.
 
 MiniLM-L6 on 2,000 Women's E-Commerce reviews (label Rating >= 4), test on the last 4,000; 1 epoch, batch 16,
 lr 5e-5, max length 128, linear decay, no warmup, no weight decay, AdamW, grad-norm clip 1.0 (Trainer's defaults).
 
-    python bench/finetune_speed.py                 # seeds 0, 1, 2 (about 35 minutes on 2 cores)
-    python bench/finetune_speed.py --seeds 1 --train 500 --test 500    # a quick look
+    python bench/finetune_speed.py                          # 3 seeds, about 35 minutes on 2 cores
+    python bench/finetune_speed.py --quick                  # 1 seed, 500 train / 1,000 test reviews, 3 rows: minutes
+    python bench/finetune_speed.py --isa avx512_core_bf16   # oneDNN capped below AMX: what an AMD EPYC (Zen 4) runs
 
-Throughput is training examples per second of ``fit`` / ``trainer.train()`` (tokenisation and model loading
-included for tunefuse, excluded for the Trainer: its datasets are tokenised before the clock starts). Every model is
-scored by the same evaluator (bf16 autocast, length-sorted batches), so accuracy differences come from training
-alone. Ablation rows (one seed) show what each tunefuse speed choice buys. GFLOP/s counts useful work (real tokens,
-no padding) against a matmul peak measured in the same run.
+The peer is pinned to the Trainer with ``bf16=True`` (its accuracy is ``hf_acc``); ``hf_trainer_bf16_same_settings``
+gives the Trainer tunefuse's model settings (dropout 0, eager attention), so R3 is what the loop itself buys.
+Throughput is training examples (and real, unpadded tokens) per second of ``fit`` / ``trainer.train()``
+(tokenisation and model loading included for tunefuse, excluded for the Trainer: its datasets are tokenised before
+the clock starts). Each row runs in a fresh process, so its peak memory (max RSS) is its own and no row inherits
+another's allocator or thread state. Every model is scored by the same evaluator (bf16 autocast, length-sorted
+batches), so accuracy differences come from training alone. Ablation rows (seed 0) show what each tunefuse choice
+buys. GFLOP/s counts useful work (real tokens) against a matmul peak measured in the same run.
+
+Inference (seed 0): tunefuse's ``predict_proba`` on the 4,000 test reviews (tokenisation included) against the
+Trainer's ``predict`` with ``bf16=True`` (dataset tokenised before the clock) and, where ``onnxruntime`` is installed,
+the same fine-tuned model exported to ONNX and run by ONNX Runtime with tunefuse's length-sorted batches.
+
+``--isa`` sets ``ONEDNN_MAX_CPU_ISA`` for every row before torch loads (oneDNN's documented cap): on an AMX CPU,
+``avx512_core_bf16`` runs bf16 matmuls on AVX512-BF16 alone, as AMD Zen 4 does. Results go to
+``bench/results/finetune_speed_<cpu kind>.txt`` (e.g. ``intel-amx``, ``intel-avx512bf16-capped``, ``amd-avx512bf16``).
 """
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=None, help="training reviews (default 2000; --quick 500)")
+    ap.add_argument("--test", type=int, default=None, help="test reviews (default 4000; --quick 1000)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds of the headline rows (default 3; --quick 1)")
+    ap.add_argument("--rows", default=None, help="comma-separated subset of rows")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 500/1,000 reviews, the three headline rows")
+    ap.add_argument("--isa", default=None, help="ONEDNN_MAX_CPU_ISA for every row, e.g. avx512_core_bf16 (no AMX)")
+    ap.add_argument("--no-predict", action="store_true", help="skip the inference rows")
+    ap.add_argument("--out", default=None, help="results file (default bench/results/finetune_speed_<kind>.txt)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one row in this process: ROW:SEED:PREDICT
+    return ap.parse_args()
+
+
+ARGS = parse()
+if ARGS.isa:  # before torch is imported: oneDNN reads it once
+    os.environ["ONEDNN_MAX_CPU_ISA"] = ARGS.isa.upper()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -27,6 +62,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.cpu import cpu_flags, cpu_kind, cpu_summary  # noqa: E402
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.backbones import resolve_backbone  # noqa: E402
 from tunefuse.data import collate, predict_batches, tokenize  # noqa: E402
@@ -34,6 +70,7 @@ from tunefuse.datasets import load_reviews  # noqa: E402
 from tunefuse.loading import quiet_transformers  # noqa: E402
 
 HP = dict(epochs=1, batch_size=16, lr=5e-5, max_length=128)
+SAME_SETTINGS = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -61,7 +98,7 @@ def accuracy(logits, tokenizer, texts, y) -> float:
     return float((pred == y).mean())
 
 
-def hf_trainer(X, y, seed: int, **args):
+def hf_trainer(X, y, Xt, seed: int, predict: bool, model_kwargs: dict | None = None, **args):
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
@@ -69,12 +106,13 @@ def hf_trainer(X, y, seed: int, **args):
     with quiet_transformers():
         tok = AutoTokenizer.from_pretrained(source)
         torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2, **(model_kwargs or {}))
     enc = tok(X, truncation=True, max_length=HP["max_length"])
     ds = [{"input_ids": i, "attention_mask": m, "labels": int(label)}
           for i, m, label in zip(enc["input_ids"], enc["attention_mask"], y)]
-    with tempfile.TemporaryDirectory() as out:
-        targs = TrainingArguments(output_dir=out, per_device_train_batch_size=HP["batch_size"],
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        targs = TrainingArguments(output_dir=folder, per_device_train_batch_size=HP["batch_size"],
                                   num_train_epochs=HP["epochs"], learning_rate=HP["lr"], seed=seed, use_cpu=True,
                                   report_to="none", save_strategy="no", logging_strategy="no",
                                   disable_tqdm=True, **args)
@@ -82,90 +120,217 @@ def hf_trainer(X, y, seed: int, **args):
                           data_collator=DataCollatorWithPadding(tok))
         t = time.perf_counter()
         trainer.train()
-        seconds = time.perf_counter() - t
+        out["train_s"] = time.perf_counter() - t
+        out["peak_rss_mib"] = peak_rss_mib()
+        if predict:  # the Trainer's own inference path, its eval batch size and bf16 autocast, on a tokenised set
+            tenc = tok(Xt, truncation=True, max_length=HP["max_length"])
+            tds = [{"input_ids": i, "attention_mask": m} for i, m in zip(tenc["input_ids"], tenc["attention_mask"])]
+            t = time.perf_counter()
+            trainer.predict(tds)
+            out["predict_s"] = time.perf_counter() - t
     model.eval()
-    return model, tok, seconds, lambda batch: model(**batch).logits
+    return model, tok, out, lambda batch: model(**batch).logits
 
 
-def tunefuse_fit(X, y, seed: int, micro_batch_overhead: int | None = None, **params):
+def tunefuse_fit(X, y, Xt, seed: int, predict: bool, micro_batch_overhead: int | None = None, **params):
     import tunefuse.finetuner as ftm
 
     default = ftm.MICRO_BATCH_OVERHEAD
     ftm.MICRO_BATCH_OVERHEAD = micro_batch_overhead or default
     try:
-        return _tunefuse_fit(X, y, seed, **params)
+        clf = Finetuner("minilm-l6", epochs=HP["epochs"], batch_size=HP["batch_size"], lr=HP["lr"],
+                        max_length=HP["max_length"], warmup_ratio=0.0, weight_decay=0.0, random_state=seed,
+                        verbose=0, **params)
+        t = time.perf_counter()
+        clf.fit(X, y)
+        out = {"train_s": time.perf_counter() - t, "peak_rss_mib": peak_rss_mib()}
     finally:
         ftm.MICRO_BATCH_OVERHEAD = default
-
-
-def _tunefuse_fit(X, y, seed: int, **params):
-    clf = Finetuner("minilm-l6", epochs=HP["epochs"], batch_size=HP["batch_size"], lr=HP["lr"],
-                    max_length=HP["max_length"], warmup_ratio=0.0, weight_decay=0.0, random_state=seed, verbose=0,
-                    **params)
-    t = time.perf_counter()
-    clf.fit(X, y)
-    seconds = time.perf_counter() - t
+    if predict:
+        t = time.perf_counter()
+        clf.predict_proba(Xt)
+        out["predict_s"] = time.perf_counter() - t
+        out.update(onnxruntime_predict(clf, Xt))
     clf.model_.eval()
     # the Finetuner's own forward: with mean pooling (MiniLM's default) the head reads the masked mean, not [CLS]
-    return clf.model_, clf.tokenizer_, seconds, lambda inputs: clf.task_.logits(clf.model_, inputs, clf.pooling_)
+    return clf.model_, clf.tokenizer_, out, lambda inputs: clf.task_.logits(clf.model_, inputs, clf.pooling_)
 
 
-ROWS = {  # name -> (runner, kwargs, every seed?)
-    "hf_trainer_default": (hf_trainer, {}, True),
-    "hf_trainer_bf16": (hf_trainer, {"bf16": True}, True),
-    "hf_trainer_bf16_group_by_length": (hf_trainer, {"bf16": True, "train_sampling_strategy": "group_by_length"},
-                                        True),
-    "tunefuse": (tunefuse_fit, {}, True),
-    "tunefuse_fp32": (tunefuse_fit, {"precision": "fp32"}, False),  # what bf16 autocast buys
-    "tunefuse_dropout_0.1": (tunefuse_fit, {"dropout": None}, False),  # the backbone's dropout: what 0 buys
-    "tunefuse_sdpa": (tunefuse_fit, {"config_overrides": {"attn_implementation": "sdpa"}}, False),  # eager vs fused
-    "tunefuse_micro_batches_256": (tunefuse_fit, {"micro_batch_overhead": 256}, False),  # split batches by length
+def onnxruntime_predict(clf: Finetuner, Xt: list[str]) -> dict:
+    """The fitted model exported to ONNX (fp32; export time reported apart) and run by ONNX Runtime on tunefuse's
+    length-sorted batches, tokenisation included as in tunefuse's row."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"ort_note": "onnxruntime not installed (pip install onnxruntime onnx)"}
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = clf.model_
+
+        def forward(self, input_ids, attention_mask):
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            return clf.task_.logits(self.model, inputs, clf.pooling_)
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        example = collate([[101, 2023, 102], [101, 102]], clf.tokenizer_.pad_token_id)
+        t = time.perf_counter()
+        try:
+            torch.onnx.export(Logits().eval().float(), (example["input_ids"], example["attention_mask"]), path,
+                              input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                              dynamic_axes={"input_ids": {0: "batch", 1: "length"},
+                                            "attention_mask": {0: "batch", 1: "length"}}, dynamo=False)
+        except Exception as e:  # the exporter's optional dependencies (onnx) missing, or an unsupported op
+            return {"ort_note": f"export failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+        export_s = time.perf_counter() - t
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        t = time.perf_counter()
+        ids = tokenize(clf.tokenizer_, Xt, HP["max_length"])
+        lengths = np.array([len(x) for x in ids])
+        for rows in predict_batches(lengths, 8192):
+            batch = collate([ids[i] for i in rows], clf.tokenizer_.pad_token_id)
+            session.run(None, {k: v.numpy() for k, v in batch.items()})
+        return {"ort_predict_s": time.perf_counter() - t, "ort_export_s": export_s}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    runner: object
+    kwargs: dict
+    headline: bool  # every seed (headline rows) or seed 0 only (ablations)
+    note: str
+
+
+ROWS = {
+    "hf_trainer_default": RowSpec(hf_trainer, {}, False, "Trainer, defaults (fp32)"),
+    "hf_trainer_bf16": RowSpec(hf_trainer, {"bf16": True}, True, "Trainer, bf16=True: the peer"),
+    "hf_trainer_bf16_same_settings": RowSpec(hf_trainer, {"bf16": True, "model_kwargs": SAME_SETTINGS}, True,
+                                             "Trainer, bf16, tunefuse's model settings (dropout 0, eager)"),
+    "hf_trainer_bf16_group_by_length": RowSpec(hf_trainer, {"bf16": True,
+                                                            "train_sampling_strategy": "group_by_length"}, False,
+                                               "Trainer, bf16 + group_by_length"),
+    "tunefuse": RowSpec(tunefuse_fit, {}, True, "tunefuse, defaults"),
+    "tunefuse_fp32": RowSpec(tunefuse_fit, {"precision": "fp32"}, False, "no bf16 autocast"),
+    "tunefuse_dropout_0.1": RowSpec(tunefuse_fit, {"dropout": None}, False, "the backbone's dropout 0.1"),
+    "tunefuse_sdpa": RowSpec(tunefuse_fit, {"config_overrides": {"attn_implementation": "sdpa"}}, False,
+                             "fused SDPA attention instead of eager"),
+    "tunefuse_micro_batches_256": RowSpec(tunefuse_fit, {"micro_batch_overhead": 256}, False,
+                                          "batches split into length-sorted micro-batches"),
 }
+QUICK_ROWS = ("hf_trainer_bf16", "hf_trainer_bf16_same_settings", "tunefuse")
+
+
+def worker(spec: str, n_train: int, n_test: int) -> None:
+    """One row, one seed, in this process; prints one JSON line for the parent."""
+    name, seed, predict = spec.split(":")
+    row = ROWS[name]
+    X, y, Xt, yt = load_reviews(n_train, n_test)
+    X, Xt = X["text"].tolist(), Xt["text"].tolist()
+    model, tok, out, logits = row.runner(X, y, Xt, int(seed), predict == "1", **row.kwargs)
+    lengths = np.array([len(t) for t in tokenize(tok, X, HP["max_length"])])
+    cfg = model.config
+    dense = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+    out.update(examples_s=len(X) * HP["epochs"] / out["train_s"],
+               tokens_s=float(lengths.sum()) * HP["epochs"] / out["train_s"],
+               gflops=train_flops(lengths, dense, cfg.num_hidden_layers, cfg.hidden_size) * HP["epochs"]
+               / out["train_s"] / 1e9,
+               acc=accuracy(logits, tok, Xt, yt), n_test=len(Xt))
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_row(name: str, seed: int, predict: bool, n_train: int, n_test: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", f"{name}:{seed}:{int(predict)}", "--train", str(n_train),
+           "--test", str(n_test)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"row {name} seed {seed} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=int, default=2000)
-    ap.add_argument("--test", type=int, default=4000)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of rows")
-    args = ap.parse_args()
+    n_train = ARGS.train or (500 if ARGS.quick else 2000)
+    n_test = ARGS.test or (1000 if ARGS.quick else 4000)
+    if ARGS.worker:
+        return worker(ARGS.worker, n_train, n_test)
+    seeds = ARGS.seeds or (1 if ARGS.quick else 3)
+    names = ARGS.rows.split(",") if ARGS.rows else list(QUICK_ROWS if ARGS.quick else ROWS)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        sys.exit(f"--rows: unknown row(s) {unknown}; valid: {', '.join(ROWS)}")
+    log = io.StringIO()
 
-    X, y, Xt, yt = load_reviews(args.train, args.test)
-    X, Xt = X["text"].tolist(), Xt["text"].tolist()
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        log.write(line + "\n")
+
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"matmul peak 2048x2048: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
-          f"torch threads {torch.get_num_threads()}; {len(X)} train, {len(Xt)} test reviews", flush=True)
-    results: dict[str, list[tuple[float, float, float]]] = {}
-    for seed in range(args.seeds):
-        for name in args.rows.split(","):
-            runner, kwargs, every_seed = ROWS[name]
-            if seed > 0 and not every_seed:
+    say(f"finetune_speed{' (quick)' if ARGS.quick else ''}: {cpu_summary()}")
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak 2048x2048: fp32 "
+        f"{peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; {n_train} train, {n_test} test reviews; "
+        f"one process per row")
+    results: dict[str, list[dict]] = {}
+    for seed in range(seeds):
+        for name in names:
+            if seed > 0 and not ROWS[name].headline:
                 continue
-            model, tok, seconds, logits = runner(X, y, seed, **kwargs)
-            lengths = np.array([len(t) for t in tokenize(tok, X, HP["max_length"])])
-            cfg = model.config
-            dense = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-            gflops = train_flops(lengths, dense, cfg.num_hidden_layers, cfg.hidden_size) / seconds / 1e9
-            acc = accuracy(logits, tok, Xt, yt)
-            results.setdefault(name, []).append((len(X) / seconds, acc, gflops))
-            print(f"  seed {seed} {name:34s} {len(X) / seconds:6.1f} ex/s  acc {acc:.4f}  {gflops:5.1f} GFLOP/s",
-                  flush=True)
+            predict = seed == 0 and not ARGS.no_predict and name in ("tunefuse", "hf_trainer_bf16")
+            r = run_row(name, seed, predict, n_train, n_test)
+            results.setdefault(name, []).append(r)
+            pred = f"  predict {n_test / r['predict_s']:6.1f} ex/s" if "predict_s" in r else ""
+            say(f"  seed {seed} {name:34s} {r['examples_s']:6.1f} ex/s {r['tokens_s']:7.0f} tok/s  acc "
+                f"{r['acc']:.4f}  {r['gflops']:5.1f} GFLOP/s  peak {r['peak_rss_mib']:5.0f} MiB{pred}")
 
-    mean = {k: np.mean(v, axis=0) for k, v in results.items()}
-    print(f"\n{'row':34s} {'seeds':>5s} {'examples/s':>10s} {'test acc':>9s} {'GFLOP/s':>8s} {'% bf16 peak':>11s}")
-    for name, (speed, acc, gf) in mean.items():
-        print(f"{name:34s} {len(results[name]):5d} {speed:10.1f} {acc:9.4f} {gf:8.1f} {100 * gf / peak['bf16']:10.1f}%")
-    if {"hf_trainer_default", "tunefuse"} <= mean.keys():
-        hf_default = mean["hf_trainer_default"]
-        hf_rows = [k for k in mean if k.startswith("hf_trainer")]
-        # the peer to beat: the fastest Trainer row whose accuracy stays within 0.5 points of its defaults
-        ok = [k for k in hf_rows if mean[k][1] >= hf_default[1] - 0.005]
-        best = max(ok, key=lambda k: mean[k][0])
-        tf = mean["tunefuse"]
-        print(f"\npeer = {best} (fastest Trainer row within 0.5 points of Trainer's default accuracy)")
-        print(f"speedup_vs_hf_default={tf[0] / hf_default[0]:.2f} speedup_vs_hf_best={tf[0] / mean[best][0]:.2f} "
-              f"tunefuse_acc={tf[1]:.4f} hf_acc={hf_default[1]:.4f}")
+    mean = {k: {m: float(np.mean([r[m] for r in v])) for m in ("examples_s", "tokens_s", "acc", "gflops",
+                                                                "peak_rss_mib")} for k, v in results.items()}
+    say(f"\n{'row':34s} {'seeds':>5s} {'examples/s':>10s} {'tokens/s':>8s} {'test acc':>9s} {'GFLOP/s':>8s} "
+        f"{'% bf16 peak':>11s} {'peak MiB':>8s}")
+    for name, m in mean.items():
+        say(f"{name:34s} {len(results[name]):5d} {m['examples_s']:10.1f} {m['tokens_s']:8.0f} {m['acc']:9.4f} "
+            f"{m['gflops']:8.1f} {100 * m['gflops'] / peak['bf16']:10.1f}% {m['peak_rss_mib']:8.0f}")
+
+    inference = [(name, r) for name in ("hf_trainer_bf16", "tunefuse") for r in results.get(name, [])[:1]
+                 if "predict_s" in r]
+    if inference:
+        say(f"\ninference on {n_test} test reviews (seed 0's models)")
+        for name, r in inference:
+            label = "Trainer.predict, bf16" if name.startswith("hf") else "tunefuse predict_proba"
+            say(f"  {label:34s} {r['predict_s']:6.1f} s  {n_test / r['predict_s']:6.1f} ex/s")
+            if "ort_predict_s" in r:
+                say(f"  {'ONNX Runtime (tunefuse model, fp32)':34s} {r['ort_predict_s']:6.1f} s  "
+                    f"{n_test / r['ort_predict_s']:6.1f} ex/s  (+{r['ort_export_s']:.1f} s export)")
+            elif "ort_note" in r:
+                say(f"  ONNX Runtime: {r['ort_note']}")
+
+    if {"hf_trainer_bf16", "tunefuse"} <= mean.keys():
+        tf, peer = results["tunefuse"], results["hf_trainer_bf16"]
+        per_seed = [a["examples_s"] / b["examples_s"] for a, b in zip(tf, peer)]
+        say(f"\nspeedup over the Trainer with bf16=True per seed: {', '.join(f'{r:.2f}' for r in per_seed)} "
+            f"(mean {np.mean(per_seed):.2f}, min {min(per_seed):.2f})")
+
+        def ratio(row: str) -> str:
+            return f"{mean['tunefuse']['examples_s'] / mean[row]['examples_s']:.2f}" if row in mean else "nan"
+
+        p = "nan"
+        if inference and all("predict_s" in r for r in (tf[0], peer[0])):
+            p = f"{peer[0]['predict_s'] / tf[0]['predict_s']:.2f}"
+        say(f"speedup_vs_hf_default={ratio('hf_trainer_default')} speedup_vs_hf_best={ratio('hf_trainer_bf16')} "
+            f"speedup_vs_hf_same_settings={ratio('hf_trainer_bf16_same_settings')} "
+            f"tunefuse_acc={mean['tunefuse']['acc']:.4f} hf_acc={mean['hf_trainer_bf16']['acc']:.4f} "
+            f"predict_speedup_vs_hf={p} {cpu_flags()}")
+    path = ARGS.out or os.path.join(os.path.dirname(__file__), "results",
+                                    f"finetune_speed_{cpu_kind()}{'_quick' if ARGS.quick else ''}.txt")
+    with open(path, "w") as f:
+        f.write(log.getvalue())
+    print(f"results written to {path}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import platform
+import re
 
 import torch
 
@@ -10,14 +13,37 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast is slower than fp32."""
+def cpu_info() -> dict:
+    """The CPU as speed figures need it named: model, whether it has AVX512-BF16 and AMX, and the ISA cap set on
+    oneDNN (``ONEDNN_MAX_CPU_ISA``: an AMX machine capped at ``avx512_core_bf16`` computes as an AMD Zen 4 does)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            text = f.read()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        text = ""
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    flags = set(flags.group(1).split()) if flags else set()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).lower()
+    amx = "amx_bf16" in flags and (not cap or "amx" in cap or cap == "all")
+    return {"model": model.group(1).strip() if model else platform.processor() or "unknown",
+            "avx512_bf16": "avx512_bf16" in flags, "amx": amx, "amx_in_hardware": "amx_bf16" in flags,
+            "isa_cap": cap or None, "cores": os.cpu_count()}
+
+
+def cpu_kind() -> str:
+    """A short name for results files: vendor, then the bf16 units in use (``intel-amx``, ``amd-avx512bf16``,
+    ``intel-avx512bf16-capped`` for an AMX CPU run with oneDNN capped below AMX)."""
+    info = cpu_info()
+    vendor = "amd" if "AMD" in info["model"] else "intel" if "Intel" in info["model"] else "cpu"
+    unit = "amx" if info["amx"] else "avx512bf16" if info["avx512_bf16"] else "fp32"
+    return f"{vendor}-{unit}" + ("-capped" if info["amx_in_hardware"] and not info["amx"] else "")
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast is slower than fp32."""
+    info = cpu_info()
+    return info["avx512_bf16"] or info["amx_in_hardware"]
 
 
 def pick_device(device: str = "auto") -> torch.device:
