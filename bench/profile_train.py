@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook  # noqa: E402
 
 from bench.cpu import cpu_kind, cpu_summary  # noqa: E402
+import tunefuse.train  # noqa: E402
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
 from tunefuse.tasks.text_classification import TextClassification  # noqa: E402
@@ -65,7 +66,7 @@ class PhaseClock:
     @contextlib.contextmanager
     def installed(self):
         clock = self
-        backward, clip, collate = torch.Tensor.backward, torch.nn.utils.clip_grad_norm_, TextClassification.collate
+        backward, clip, collate = torch.Tensor.backward, tunefuse.train.clip_grad_norm, TextClassification.collate
 
         def timed(name, fn):
             def wrapper(*a, **k):
@@ -83,13 +84,13 @@ class PhaseClock:
             clock.seconds["optimizer"] += time.perf_counter() - clock._opt_t
 
         torch.Tensor.backward = timed("backward", backward)
-        torch.nn.utils.clip_grad_norm_ = timed("clip", clip)
+        tunefuse.train.clip_grad_norm = timed("clip", clip)
         TextClassification.collate = timed("collate", collate)
         handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
         try:
             yield self
         finally:
-            torch.Tensor.backward, torch.nn.utils.clip_grad_norm_ = backward, clip
+            torch.Tensor.backward, tunefuse.train.clip_grad_norm = backward, clip
             TextClassification.collate = collate
             for h in handles:
                 h.remove()

@@ -9,8 +9,9 @@ scores the same held-out reviews, so a variant that is faster but less accurate 
     python bench/train_ab.py --variant micro_batch_overhead=256 --repeats 5 --train 480
     python bench/train_ab.py --isa avx512_core_bf16 --variant micro_batch_overhead=256   # no AMX, as on AMD Zen 4
 
-A variant is ``NAME=JSON`` for a ``Finetuner`` parameter, or ``micro_batch_overhead=N`` for the module constant
-that decides micro-batch splitting. Several ``NAME=JSON`` joined by ``,`` form one variant.
+A variant is ``NAME=JSON`` for a ``Finetuner`` parameter, or one of tunefuse.finetuner's module constants:
+``micro_batch_overhead=N`` (when batches split into micro-batches), ``sparse_embedding_grads=false`` (dense token
+embedding gradients). Several ``NAME=JSON`` joined by ``,`` form one variant.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from tunefuse import Finetuner  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
 
 HP = dict(epochs=1, batch_size=16, lr=5e-5, max_length=128, warmup_ratio=0.0, weight_decay=0.0, verbose=0)
-MODULE_CONSTANTS = {"micro_batch_overhead": "MICRO_BATCH_OVERHEAD"}
+MODULE_CONSTANTS = {"micro_batch_overhead": "MICRO_BATCH_OVERHEAD", "sparse_embedding_grads": "SPARSE_EMBEDDING_GRADS"}
 
 
 def parse_variant(text: str) -> dict:

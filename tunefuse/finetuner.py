@@ -23,6 +23,7 @@ from . import features
 from .checkpoint import atomic_folder, read_json, write_json
 from .data import predict_batches, split_by_length
 from .device import attention_implementation, autocast, pick_device, resolve_precision
+from .packing import packed
 from .loading import head_module, load_pretrained, load_saved, quiet_transformers, resolve_pooling
 from .probe import PROBE_L2_GRID, PROBE_L2_GRID_STANDARDIZED, fit_linear_probe, fit_standardized_probe
 from .strategies import get_strategy
@@ -36,6 +37,9 @@ FORMATS_READ = ("tunefuse.finetuner/1", FORMAT)  # /1: sentence classification o
 # MiniLM-L6 on 2 CPU cores (bench/finetune_speed.py, row tunefuse_micro_batches_256): at batch 16 the smaller
 # matmuls cost more than the padding they save, so only large batches of very uneven lengths are split.
 MICRO_BATCH_OVERHEAD = 4096
+# Token embeddings train on the rows each batch touches (lazy AdamW rows, tunefuse/train.py): 1.xx× a step on
+# 2 cores (bench/train_ab.py, variant sparse_embedding_grads=false); False: the dense gradient and step.
+SPARSE_EMBEDDING_GRADS = True
 HEAD_INIT_SEED = 0
 POOLINGS = ("auto", "mean", "native")
 PREDICT_TOKENS = 8192  # tokens per inference batch: large enough to keep the matmuls efficient, small in memory
@@ -83,7 +87,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                  early_stopping: bool | str = "auto", validation_fraction: float = 0.1, patience: int = 2,
                  max_length: int | None = None, template: str | None = None, lora_r: int = 8, lora_alpha: int = 16,
                  freeze_embeddings: bool = False, dropout: float | None = 0.0, pooling: str = "auto",
-                 precision: str = "auto", device: str = "auto",
+                 precision: str = "auto", packing: bool | str = "auto", device: str = "auto",
                  config_overrides: dict | None = None, trust_remote_code: bool = False,
                  random_state: int = 0, verbose: int = 1):
         self.backbone = backbone
@@ -126,6 +130,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         # sentence-transformers pooling if it declares one, else native). Token and span tasks read every token.
         self.pooling = pooling
         self.precision = precision
+        # Padding-free forward passes (tunefuse/packing.py): a batch's real tokens packed into one row, attention
+        # re-padded per group of similar lengths; exact, for the BERT family. "auto": on CPU, where padding costs
+        # compute (on CUDA, SDPA on padded batches is fast); others run padded whatever this says.
+        self.packing = packing
         self.device = device
         self.config_overrides = config_overrides  # e.g. {"num_hidden_layers": 2}: loads the first 2 pretrained layers
         self.trust_remote_code = trust_remote_code
@@ -163,6 +171,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             ("early_stopping", self.early_stopping, lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
             ("dropout", self.dropout, opt(lambda v: _is_num(v) and 0 <= v < 1), "a float in [0, 1) or None"),
             ("pooling", self.pooling, lambda v: v in POOLINGS, f"one of {list(POOLINGS)}"),
+            ("packing", self.packing, lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
             ("max_length", self.max_length, opt(lambda v: _is_int(v) and v >= 8), "an int >= 8 or None"),
             ("lora_r", self.lora_r, lambda v: _is_int(v) and v >= 1, "an int >= 1"),
             ("random_state", self.random_state, _is_int, "an int"),
@@ -283,6 +292,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 self.model_.requires_grad_(True)
             if self.freeze_embeddings:
                 self.model_.get_input_embeddings().requires_grad_(False)
+            sparse = self._sparse_embedding()
             lengths = np.array([len(x) for x in enc.ids])
             pad = self.tokenizer_.pad_token_id
 
@@ -291,18 +301,37 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                     rows = batch[chunk]
                     inputs, targets = task.collate(enc, rows, pad)
                     inputs = {k: v.to(self.device_) for k, v in inputs.items()}
-                    with autocast(self.device_, self.precision_):
+                    with autocast(self.device_, self.precision_), packed(self.model_, self._packs()):
                         logits = task.logits(self.model_, inputs, self.pooling_)
                     yield rows, task.loss(logits, _to(targets, self.device_), self.label_smoothing)
 
             params = [p for p in self.model_.parameters() if p.requires_grad]
-            self._stage(params, forward, len(enc), w_units, val, epochs=self.epochs, lr=self.lr or strategy.lr,
-                        stop=stop, stage=strategy.tune, head_name=head_name)
+            try:
+                self._stage(params, forward, len(enc), w_units, val, epochs=self.epochs, lr=self.lr or strategy.lr,
+                            stop=stop, stage=strategy.tune, head_name=head_name)
+            finally:
+                if sparse is not None:
+                    sparse.sparse = False
             if strategy.tune == "lora":  # merge the adapters: checkpoints and soups then see a plain HF model
                 self.model_ = self.model_.merge_and_unload()
         self.model_.eval().requires_grad_(False)
         if val is not None:  # options tuned on validation after training (QA's no-answer threshold)
             self.task_entry_ = task.calibrate(val[0], val[1], self._scores)
+
+    def _sparse_embedding(self) -> torch.nn.Embedding | None:
+        """The token embedding switched to sparse gradients, so the optimiser steps only the rows a batch touched
+        (``train.AdamW``); None where it does not train, is tied to an output layer or L2-SP needs it dense."""
+        emb = self.model_.get_input_embeddings()
+        if not SPARSE_EMBEDDING_GRADS or not isinstance(emb, torch.nn.Embedding) or not emb.weight.requires_grad \
+                or self.l2sp > 0:
+            return None
+        if sum(p is emb.weight for _, p in self.model_.named_parameters(remove_duplicate=False)) > 1:
+            return None  # tied input and output embeddings: the output layer's gradient is dense anyway
+        emb.sparse = True
+        return emb
+
+    def _packs(self) -> bool:
+        return self.packing is True or (self.packing == "auto" and self.device_.type == "cpu")
 
     def _pretrained(self, labels, device=None):
         task = self.task_
@@ -431,7 +460,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         rows = np.arange(len(enc)) if rows is None else np.asarray(rows)
         lengths = np.array([len(enc.ids[u]) for u in rows])
         out: list = [None] * len(rows)
-        with torch.inference_mode(), autocast(self.device_, self.precision_):
+        with torch.inference_mode(), autocast(self.device_, self.precision_), packed(self.model_, self._packs()):
             for batch in predict_batches(lengths, PREDICT_TOKENS):
                 inputs, _ = self.task_.collate(enc, rows[batch], self.tokenizer_.pad_token_id)
                 res = fn({k: v.to(self.device_) for k, v in inputs.items()}).float().cpu().numpy()
