@@ -37,8 +37,8 @@ FORMATS_READ = ("tunefuse.finetuner/1", FORMAT)  # /1: sentence classification o
 # MiniLM-L6 on 2 CPU cores (bench/finetune_speed.py, row tunefuse_micro_batches_256): at batch 16 the smaller
 # matmuls cost more than the padding they save, so only large batches of very uneven lengths are split.
 MICRO_BATCH_OVERHEAD = 4096
-# Token embeddings train on the rows each batch touches (lazy AdamW rows, tunefuse/train.py): 1.xx× a step on
-# 2 cores (bench/train_ab.py, variant sparse_embedding_grads=false); False: the dense gradient and step.
+# Token embeddings train on the rows each batch touches (lazy AdamW rows, tunefuse/train.py): 1.14× a fit on
+# 2 cores (bench/finetune_speed.py, row tunefuse_dense_embedding_grads); False: the dense gradient and step.
 SPARSE_EMBEDDING_GRADS = True
 HEAD_INIT_SEED = 0
 POOLINGS = ("auto", "mean", "native")
