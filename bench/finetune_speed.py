@@ -27,7 +27,6 @@ the same fine-tuned model exported to ONNX and run by ONNX Runtime with tunefuse
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -62,7 +61,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.cpu import cpu_flags, cpu_kind, cpu_summary  # noqa: E402
+from bench.cpu import Report, cpu_flags, cpu_kind, cpu_summary  # noqa: E402
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.backbones import resolve_backbone  # noqa: E402
 from tunefuse.data import collate, predict_batches, tokenize  # noqa: E402
@@ -272,11 +271,7 @@ def main() -> None:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         sys.exit(f"--rows: unknown row(s) {unknown}; valid: {', '.join(ROWS)}")
-    log = io.StringIO()
-
-    def say(line: str = "") -> None:
-        print(line, flush=True)
-        log.write(line + "\n")
+    say = Report()
 
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     say(f"finetune_speed{' (quick)' if ARGS.quick else ''}: {cpu_summary()}")
@@ -334,9 +329,7 @@ def main() -> None:
             f"predict_speedup_vs_hf={p} {cpu_flags()}")
     path = ARGS.out or os.path.join(os.path.dirname(__file__), "results",
                                     f"finetune_speed_{cpu_kind()}{'_quick' if ARGS.quick else ''}.txt")
-    with open(path, "w") as f:
-        f.write(log.getvalue())
-    print(f"results written to {path}")
+    say.save(path)
 
 
 if __name__ == "__main__":

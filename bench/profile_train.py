@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import sys
@@ -46,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook  # noqa: E402
 
-from bench.cpu import cpu_kind, cpu_summary  # noqa: E402
+from bench.cpu import Report, cpu_kind, cpu_summary  # noqa: E402
 import tunefuse.train  # noqa: E402
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
@@ -109,11 +108,7 @@ def main() -> None:
         name, _, value = p.partition("=")
         params[name] = json.loads(value)
     X, y, _, _ = load_reviews(ARGS.train, 10)
-    out = io.StringIO()
-
-    def say(line: str = "") -> None:
-        print(line, flush=True)
-        out.write(line + "\n")
+    say = Report()
 
     say(f"profile_train ({ARGS.label}): {cpu_summary()}; torch {torch.__version__}, {torch.get_num_threads()} "
         f"threads; {len(X)} reviews, {-(-len(X) // HP['batch_size'])} steps; params {params or 'defaults'}")
@@ -137,9 +132,7 @@ def main() -> None:
     say(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=ARGS.ops, max_name_column_width=48))
     path = ARGS.out or os.path.join(os.path.dirname(__file__), "results",
                                     f"profile_train_{cpu_kind()}_{ARGS.label}.txt")
-    with open(path, "w") as f:
-        f.write(out.getvalue())
-    print(f"written to {path}")
+    say.save(path)
 
 
 if __name__ == "__main__":
