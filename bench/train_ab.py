@@ -11,13 +11,15 @@ scores the same held-out reviews, so a variant that is faster but less accurate 
 
 A variant is ``NAME=JSON`` for a ``Finetuner`` parameter, or one of tunefuse.finetuner's module constants:
 ``micro_batch_overhead=N`` (when batches split into micro-batches), ``sparse_embedding_grads=false`` (dense token
-embedding gradients). Several ``NAME=JSON`` joined by ``,`` form one variant.
+embedding gradients). Several ``NAME=JSON`` joined by ``,`` form one variant. The table is also written to
+``bench/results/train_ab_<cpu kind>_<variants>.txt``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -42,12 +44,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 
 import tunefuse.finetuner as ftm  # noqa: E402
-from bench.cpu import cpu_summary  # noqa: E402
+from bench.cpu import Report, cpu_flags, cpu_summary  # noqa: E402
+from tunefuse.device import cpu_kind  # noqa: E402
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
 
 HP = dict(epochs=1, batch_size=16, lr=5e-5, max_length=128, warmup_ratio=0.0, weight_decay=0.0, verbose=0)
-MODULE_CONSTANTS = {"micro_batch_overhead": "MICRO_BATCH_OVERHEAD", "sparse_embedding_grads": "SPARSE_EMBEDDING_GRADS"}
+MODULE_CONSTANTS = {"micro_batch_overhead": (ftm, "MICRO_BATCH_OVERHEAD"),
+                    "sparse_embedding_grads": (ftm, "SPARSE_EMBEDDING_GRADS")}
 
 
 def parse_variant(text: str) -> dict:
@@ -62,10 +66,10 @@ def parse_variant(text: str) -> dict:
 
 def run(X, y, Xt, yt, settings: dict, seed: int) -> tuple[float, float]:
     params = {k: v for k, v in settings.items() if k not in MODULE_CONSTANTS}
-    saved = {c: getattr(ftm, c) for c in MODULE_CONSTANTS.values()}
+    saved = {c: getattr(*c) for c in MODULE_CONSTANTS.values()}
     for k, c in MODULE_CONSTANTS.items():
         if k in settings:
-            setattr(ftm, c, settings[k])
+            setattr(*c, settings[k])
     try:
         clf = Finetuner("minilm-l6", random_state=seed, **HP, **params)
         t = time.perf_counter()
@@ -73,14 +77,15 @@ def run(X, y, Xt, yt, settings: dict, seed: int) -> tuple[float, float]:
         seconds = time.perf_counter() - t
     finally:
         for c, v in saved.items():
-            setattr(ftm, c, v)
+            setattr(*c, v)
     return len(X) / seconds, float((clf.predict(Xt) == yt).mean())
 
 
 def main() -> None:
     variants = {"defaults": {}} | {v: parse_variant(v) for v in ARGS.variant}
     X, y, Xt, yt = load_reviews(ARGS.train, ARGS.test)
-    print(f"train_ab: {cpu_summary()}; {len(X)} train, {len(Xt)} test reviews, {ARGS.repeats} rounds", flush=True)
+    say = Report()
+    say(f"train_ab: {cpu_summary()}; {len(X)} train, {len(Xt)} test reviews, {ARGS.repeats} rounds")
     run(X.iloc[:32], y[:32], Xt.iloc[:8], yt[:8], {}, 0)  # warm-up: first-call costs out of the way
     speed: dict[str, list[float]] = {k: [] for k in variants}
     acc: dict[str, list[float]] = {k: [] for k in variants}
@@ -89,13 +94,16 @@ def main() -> None:
             s, a = run(X, y, Xt, yt, settings, seed=r)
             speed[name].append(s)
             acc[name].append(a)
-            print(f"  round {r} {name:40s} {s:6.1f} ex/s  acc {a:.4f}", flush=True)
+            say(f"  round {r} {name:40s} {s:6.1f} ex/s  acc {a:.4f}")
     base = np.array(speed["defaults"])
-    print(f"\n{'variant':40s} {'median ex/s':>11s} {'ratio':>6s} {'range':>13s} {'mean acc':>9s}")
+    say(f"\n{'variant':40s} {'median ex/s':>11s} {'ratio':>6s} {'range':>13s} {'mean acc':>9s}")
     for name in variants:
         ratios = np.array(speed[name]) / base  # paired by round: the same seed and the same moment of the machine
-        print(f"{name:40s} {np.median(speed[name]):11.1f} {np.median(ratios):6.2f} "
-              f"[{ratios.min():.2f}, {ratios.max():.2f}] {np.mean(acc[name]):9.4f}")
+        say(f"{name:40s} {np.median(speed[name]):11.1f} {np.median(ratios):6.2f} "
+            f"[{ratios.min():.2f}, {ratios.max():.2f}] {np.mean(acc[name]):9.4f}")
+    say(cpu_flags())
+    slug = re.sub(r"[^a-z0-9=]+", "-", "_".join(ARGS.variant).lower()).strip("-")[:80]
+    say.save(os.path.join(os.path.dirname(__file__), "results", f"train_ab_{cpu_kind()}_{slug}.txt"))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from . import features
 from .checkpoint import atomic_folder, read_json, write_json
 from .data import predict_batches, split_by_length
 from .device import attention_implementation, autocast, pick_device, resolve_precision
+from . import inference
+from .inference import InferenceModel, fast_attention
 from .packing import packed
 from .loading import head_module, load_pretrained, load_saved, quiet_transformers, resolve_pooling
 from .probe import PROBE_L2_GRID, PROBE_L2_GRID_STANDARDIZED, fit_linear_probe, fit_standardized_probe
@@ -42,7 +44,7 @@ MICRO_BATCH_OVERHEAD = 4096
 SPARSE_EMBEDDING_GRADS = True
 HEAD_INIT_SEED = 0
 POOLINGS = ("auto", "mean", "native")
-PREDICT_TOKENS = 8192  # tokens per inference batch: large enough to keep the matmuls efficient, small in memory
+PREDICT_TOKENS = 4096  # tokens per inference batch: big matmuls, yet in cache (bench/predict_ab.py: 2048-4096 fastest)
 
 
 def _formats(template: str) -> bool:
@@ -275,6 +277,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.pooling_ = resolve_pooling(self.pooling, self.source_, model, head) if task.is_classifier else "native"
         torch.manual_seed(self.random_state)  # dropout masks (data order has its own seeded generator)
         self.model_ = model.to(self.device_)
+        self._inference = InferenceModel()  # no inference copy of a previous fit's model survives
         self.labels_ = labels
         if task.is_classifier:
             self.classes_ = labels
@@ -441,29 +444,38 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         return features.cached(key, units, lambda missing: self._head_inputs(enc, [where[k] for k in missing]))
 
     def _head_inputs(self, enc, rows: list[int]) -> list[np.ndarray]:
-        head = head_module(self.model_, self.task_.head_names)[1]
+        model = self._inference_model()
+        head = head_module(model, self.task_.head_names)[1]
         captured: list[torch.Tensor] = []
         hook = head.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
         try:  # the hook sees the head's input batch by batch
-            def head_input(inputs: dict) -> torch.Tensor:
-                self.task_.logits(self.model_, inputs, self.pooling_)
+            def head_input(model, inputs: dict) -> torch.Tensor:
+                self.task_.logits(model, inputs, self.pooling_)
                 return captured.pop()
 
-            return self._forward_units(enc, head_input, rows)
+            return self._forward_units(enc, head_input, rows, model=model)
         finally:
             hook.remove()
 
-    def _forward_units(self, enc, fn, rows=None) -> list[np.ndarray]:
-        """``fn(inputs)`` over length-sorted batches (little padding); one (positions, dims) array per unit, in the
-        order of ``rows`` (default: every unit). A per-text output counts as one position."""
+    def _inference_model(self) -> torch.nn.Module:
+        """The model that predicts: ``model_`` itself, or its bf16 copy where precision is bf16 (tunefuse.inference)."""
+        if getattr(self, "_inference", None) is None:
+            self._inference = InferenceModel()
         self.model_.eval()
+        return self._inference.get(self.model_, self.precision_)
+
+    def _forward_units(self, enc, fn, rows=None, model=None) -> list[np.ndarray]:
+        """``fn(model, inputs)`` over length-sorted batches (little padding); one (positions, dims) array per unit, in
+        the order of ``rows`` (default: every unit). A per-text output counts as one position."""
+        model = self._inference_model() if model is None else model
         rows = np.arange(len(enc)) if rows is None else np.asarray(rows)
         lengths = np.array([len(enc.ids[u]) for u in rows])
         out: list = [None] * len(rows)
-        with torch.inference_mode(), autocast(self.device_, self.precision_), packed(self.model_, self._packs()):
+        with torch.inference_mode(), autocast(self.device_, self.precision_), fast_attention(model), \
+                packed(model, inference.PACKED and self._packs()):
             for batch in predict_batches(lengths, PREDICT_TOKENS):
                 inputs, _ = self.task_.collate(enc, rows[batch], self.tokenizer_.pad_token_id)
-                res = fn({k: v.to(self.device_) for k, v in inputs.items()}).float().cpu().numpy()
+                res = fn(model, {k: v.to(self.device_) for k, v in inputs.items()}).float().cpu().numpy()
                 for j, i in enumerate(batch):
                     out[i] = res[j][None] if res.ndim == 2 else res[j, : lengths[i]]
         return out
@@ -475,7 +487,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             with torch.inference_mode():
                 flat = head(torch.as_tensor(np.concatenate(feats), device=self.device_)).float().cpu().numpy()
             return np.split(flat, np.cumsum([len(f) for f in feats])[:-1])
-        return self._forward_units(enc, lambda inputs: self.task_.logits(self.model_, inputs, self.pooling_))
+        return self._forward_units(enc, lambda model, inputs: self.task_.logits(model, inputs, self.pooling_))
 
     def _scores(self, X) -> list | np.ndarray:
         enc = self._encode(X)

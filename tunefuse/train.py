@@ -100,6 +100,11 @@ class AdamW(torch.optim.AdamW):
         finally:
             for p, grad in sparse.items():
                 p.grad = grad
+        # torch's fused kernel writes the weights without bumping their version counters: bump them, so whatever
+        # watches for in-place changes (autograd's checks, tunefuse.inference's bf16 copy) sees this step
+        stepped = [p for g in self.param_groups for p in g["params"] if p.grad is not None and p not in sparse]
+        if stepped:
+            torch.autograd.graph.increment_version(stepped)
         for group in (g for g in self.param_groups if sparse):
             (beta1, beta2), lr, eps, decay = group["betas"], group["lr"], group["eps"], group["weight_decay"]
             for p in group["params"]:
