@@ -45,3 +45,17 @@ def test_epyc_and_old_cpu(fake_cpu):
     fake_cpu("AMD EPYC 7R13 Processor", "avx2 fma")
     assert device.cpu_kind() == "amd-fp32" and not device.cpu_has_bf16()
     assert device.resolve_precision("auto", device.pick_device("cpu")) == "fp32"
+
+
+def test_auto_precision_follows_measured_matmul_speed(fake_cpu, monkeypatch):
+    fake_cpu("Intel(R) Xeon(R) Processor", "avx512_bf16 amx_bf16")
+    cpu = device.pick_device("cpu")
+    for speedup, expected in ((3.6, "bf16"), (0.55, "fp32"), (1.1, "fp32")):  # AMX; oneDNN capped; too close
+        monkeypatch.setattr(device, "cpu_bf16_speedup", lambda s=speedup: s)
+        assert device.resolve_precision("auto", cpu) == expected
+        assert device.resolve_precision("bf16", cpu) == "bf16"  # an explicit choice is kept
+
+
+def test_bf16_speedup_is_measured_and_positive():
+    s = device.cpu_bf16_speedup()
+    assert s > 0 and device.cpu_bf16_speedup() == s  # measured once per process

@@ -6,6 +6,7 @@ import functools
 import os
 import platform
 import re
+import time
 
 import torch
 
@@ -63,7 +64,34 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    return "bf16" if cpu_has_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+
+
+# bf16 is chosen on a CPU only where its matmuls run at least this much faster than fp32 ones. Seen on 2-core
+# machines (bench/results/finetune_speed_*.txt, matmul peak): Intel with AMX 2.6x, AMD EPYC Zen 4 3.4x, the same
+# Intel with oneDNN capped below AMX 0.56x (there fp32 fine-tunes 1.47x faster than bf16 autocast,
+# bench/results/train_ab_intel-avx512bf16-capped_precision=-fp32.txt). The margin keeps the choice stable from run to
+# run, so one seed keeps giving one model.
+BF16_MIN_SPEEDUP = 1.3
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """bf16 over fp32 matmul throughput on this CPU, measured once per process (about 0.1 s) on a transformer
+    layer's shape: the AVX512-BF16 flag alone does not say whether bf16 is faster (it is not under a capped oneDNN)."""
+    x, w = torch.randn(2048, 384), torch.randn(384, 1536)
+
+    def best(a, b) -> float:
+        torch.matmul(a, b)  # oneDNN builds its kernel on the first call
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.inference_mode():
+        return best(x, w) / best(x.bfloat16(), w.bfloat16())
 
 
 def autocast(device: torch.device, precision: str):

@@ -3,14 +3,15 @@
 Training keeps fp32 master weights under bf16 autocast (small updates survive only in fp32). A forward pass needs
 neither the master copy nor autocast's per-op casts: predicting from a bf16 copy of the weights, with PyTorch's fused
 attention (SDPA; eager attention stays for training, whose SDPA backward is slow on CPU for short sequences), is
-faster on CPU than the training-time forward (bench/predict_ab.py; figures in bench/results/predict_ab_*.txt), and is
-how the Trainer's ``bf16_full_eval`` predicts. Padded batches, not packed ones: inference batches are length-sorted, so they carry
-little padding, and packing's gathers then cost more than they save (bench/predict_ab.py, row ``packed``).
+faster on CPU than the training-time forward (bench/predict_ab.py; figures in bench/results/predict_ab_*.txt), and
+is how the Trainer's ``bf16_full_eval`` predicts. Padded batches, not packed ones: inference batches are
+length-sorted, so they carry little padding, and packing's gathers then cost more than they save (row ``packed``).
 
 The copy is made on first use and kept until a weight of the trained model changes: every parameter's identity and
 version counter are its key (bumped by each in-place write: ``load_state_dict``, torch's foreach optimisers, and
 tunefuse.train.AdamW, which bumps them after torch's fused kernel, since that kernel does not; a write through
-``.data`` is not seen). It is never pickled, deep-copied or saved: checkpoints and weight-space fusion see the fp32 weights only.
+``.data`` is not seen). It is never pickled, deep-copied or saved: checkpoints and weight-space fusion see the fp32
+weights only.
 """
 from __future__ import annotations
 
