@@ -5,7 +5,7 @@ lr 5e-5, max length 128, linear decay, no warmup, no weight decay, AdamW, grad-n
 
     python bench/finetune_speed.py                          # 3 seeds, about 35 minutes on 2 cores
     python bench/finetune_speed.py --quick                  # 1 seed, 500 train / 1,000 test reviews, 3 rows: minutes
-    python bench/finetune_speed.py --isa avx512_core_bf16   # oneDNN capped below AMX: what an AMD EPYC (Zen 4) runs
+    python bench/finetune_speed.py --isa avx512_core_bf16   # oneDNN capped below AMX (AVX512-BF16 only)
 
 The peer is pinned to the Trainer with ``bf16=True`` (its accuracy is ``hf_acc``); ``hf_trainer_bf16_same_settings``
 gives the Trainer tunefuse's model settings (dropout 0, eager attention), so R3 is what the loop itself buys.
@@ -23,7 +23,8 @@ Where ``onnxruntime`` is installed, the same model exported to ONNX and run by O
 length-sorted batches.
 
 ``--isa`` sets ``ONEDNN_MAX_CPU_ISA`` for every row before torch loads (oneDNN's documented cap): on an AMX CPU,
-``avx512_core_bf16`` runs bf16 matmuls on AVX512-BF16 alone, as AMD Zen 4 does. Results go to
+``avx512_core_bf16`` runs bf16 matmuls on AVX512-BF16 alone (on this Intel CPU at about half fp32's speed, unlike
+AMD Zen 4, so it is its own CPU kind, not a Zen 4 proxy). Results go to
 ``bench/results/finetune_speed_<cpu kind>.txt`` (e.g. ``intel-amx``, ``intel-avx512bf16-capped``, ``amd-avx512bf16``).
 """
 from __future__ import annotations

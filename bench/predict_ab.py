@@ -8,7 +8,7 @@ agrees with it.
 
     python bench/predict_ab.py                                    # the standard variants below
     python bench/predict_ab.py --variant predict_tokens=16384 --repeats 5
-    python bench/predict_ab.py --isa avx512_core_bf16             # no AMX, as on AMD Zen 4
+    python bench/predict_ab.py --isa avx512_core_bf16             # oneDNN capped below AMX
 
 A variant is ``NAME=JSON`` (several joined by ``,``) over these module constants: ``bf16_weights``,
 ``attention`` and ``packed`` (tunefuse.inference), ``predict_tokens`` (tunefuse.finetuner.PREDICT_TOKENS).

@@ -6,11 +6,11 @@ timed by phase (batch collation, forward + loss, backward, gradient clipping, op
 then one under ``torch.profiler`` for the per-op table (self CPU time: time inside the op itself).
 
     python bench/profile_train.py                            # 480 reviews, 30 steps, this CPU as it is
-    python bench/profile_train.py --isa avx512_core_bf16     # oneDNN capped below AMX: an AMD EPYC's kind
+    python bench/profile_train.py --isa avx512_core_bf16     # oneDNN capped below AMX
     python bench/profile_train.py --label after --param freeze_embeddings=true
 
-``--isa`` sets ``ONEDNN_MAX_CPU_ISA`` before torch loads, so bf16 matmuls run on AVX512-BF16 without AMX tiles, as on
-AMD Zen 4; oneDNN documents the variable (its values: avx2, avx512_core, avx512_core_bf16, avx512_core_amx, ...).
+``--isa`` sets ``ONEDNN_MAX_CPU_ISA`` before torch loads, so bf16 matmuls run on AVX512-BF16 without AMX tiles (not an
+AMD Zen 4 proxy); oneDNN documents the variable (its values: avx2, avx512_core, avx512_core_bf16, avx512_core_amx, ...).
 Writes ``bench/results/profile_train_<cpu kind>_<label>.txt``.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ scores the same held-out reviews, so a variant that is faster but less accurate 
 
     python bench/train_ab.py --variant precision='"fp32"' --variant dropout=null
     python bench/train_ab.py --variant micro_batch_overhead=256 --repeats 5 --train 480
-    python bench/train_ab.py --isa avx512_core_bf16 --variant micro_batch_overhead=256   # no AMX, as on AMD Zen 4
+    python bench/train_ab.py --isa avx512_core_bf16 --variant micro_batch_overhead=256   # oneDNN capped below AMX
 
 A variant is ``NAME=JSON`` for a ``Finetuner`` parameter, or one of tunefuse.finetuner's module constants:
 ``micro_batch_overhead=N`` (when batches split into micro-batches), ``sparse_embedding_grads=false`` (dense token

@@ -85,7 +85,7 @@ def test_inference_copy_is_not_copied_or_pickled_with_its_estimator():
 
 def test_bf16_predictions_agree_with_an_fp32_forward(reviews):
     X, y, Xt, _ = reviews
-    clf = Finetuner(**TINY, epochs=1, batch_size=16, random_state=0).fit(X[:64], y[:64])
+    clf = Finetuner(**TINY, epochs=1, batch_size=16, precision="bf16", random_state=0).fit(X[:64], y[:64])
     proba = clf.predict_proba(Xt[:64])
     assert clf.precision_ == "bf16" and clf._inference.model is not clf.model_
     ref = copy.deepcopy(clf)
@@ -98,3 +98,19 @@ def test_bf16_predictions_agree_with_an_fp32_forward(reviews):
     soup = clf.with_weights({k: v * 0.9 for k, v in clf.model_.state_dict().items()})
     assert not np.allclose(soup.predict_proba(Xt[:64]), proba)  # the soup predicts from its own weights
     np.testing.assert_array_equal(clf.predict_proba(Xt[:64]), proba)  # and the original is untouched
+
+
+@pytest.mark.parametrize("mask", ["bool", "float", "key-only", None])
+def test_aligned_sdpa_equals_sdpa_for_every_mask_form(mask):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 21, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    keep = torch.arange(21)[None] < torch.tensor([21, 13, 5])[:, None]  # (batch, keys)
+    m = {"bool": keep[:, None, None, :].expand(3, 1, 21, 21),
+         "float": torch.zeros(3, 1, 21, 21, dtype=torch.float64).masked_fill(~keep[:, None, None, :], float("-inf")),
+         "key-only": keep[:, None, None, :], None: None}[mask]
+    module = torch.nn.Module()
+    module.is_causal = False
+    out, _ = inference.aligned_sdpa(module, q, k, v, m, scaling=0.3)
+    ref, _ = inference.sdpa_attention_forward(module, q, k, v, m, scaling=0.3)
+    assert out.shape == ref.shape == (3, 21, 4, 8)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)

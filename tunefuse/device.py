@@ -16,7 +16,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> dict:
     """The CPU as speed figures need it named: model, whether it has AVX512-BF16 and AMX, and the ISA cap set on
-    oneDNN (``ONEDNN_MAX_CPU_ISA``: an AMX machine capped at ``avx512_core_bf16`` computes as an AMD Zen 4 does)."""
+    oneDNN (``ONEDNN_MAX_CPU_ISA``: an AMX machine capped at ``avx512_core_bf16`` has no AMX, and is its own kind)."""
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()
