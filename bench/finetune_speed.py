@@ -55,11 +55,10 @@ def parse() -> argparse.Namespace:
 
 
 ARGS = parse()
-if ARGS.isa:  # before torch is imported: oneDNN reads it once
-    os.environ["ONEDNN_MAX_CPU_ISA"] = ARGS.isa.upper()
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from bench.cpu import prepare  # noqa: E402  (torch-free)
+
+prepare(ARGS.isa)  # before torch is imported
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -45,18 +45,16 @@ def parse() -> argparse.Namespace:
 
 
 ARGS = parse()
-if ARGS.isa:
-    os.environ["ONEDNN_MAX_CPU_ISA"] = ARGS.isa.upper()
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from bench.cpu import prepare  # noqa: E402  (torch-free)
+
+prepare(ARGS.isa)  # before torch is imported
 
 import numpy as np  # noqa: E402
 
 import tunefuse.finetuner as ftm  # noqa: E402
 import tunefuse.inference as inf  # noqa: E402
-from bench.cpu import Report, cpu_flags, cpu_summary  # noqa: E402
-from tunefuse.device import cpu_kind  # noqa: E402
+from bench.cpu import Report, cpu_flags, cpu_kind, cpu_summary  # noqa: E402
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
 

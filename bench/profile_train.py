@@ -36,11 +36,10 @@ def parse() -> argparse.Namespace:
 
 
 ARGS = parse()
-if ARGS.isa:  # must precede the first oneDNN call, so before torch is imported
-    os.environ["ONEDNN_MAX_CPU_ISA"] = ARGS.isa.upper()
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from bench.cpu import prepare  # noqa: E402  (torch-free)
+
+prepare(ARGS.isa)  # before torch is imported
 
 import torch  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook  # noqa: E402
