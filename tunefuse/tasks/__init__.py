@@ -1,14 +1,15 @@
 """Tasks by name: one registry of small declarative entries (the task half of backbone × strategy × task).
 
 >>> sorted(TASKS)
-['question-answering', 'text-classification', 'token-classification']
+['image-classification', 'question-answering', 'text-classification', 'token-classification']
 """
 from __future__ import annotations
 
 from .base import Encoded, Task, cross_entropy, encode_labels, log_loss
 
 TASKS: dict[str, Task] = {}
-ALIASES = {"classification": "text-classification", "ner": "token-classification", "qa": "question-answering"}
+ALIASES = {"classification": "text-classification", "ner": "token-classification", "qa": "question-answering",
+           "image": "image-classification"}
 
 
 def register_task(task: Task) -> Task:
@@ -32,6 +33,7 @@ def list_tasks() -> list[str]:
     return sorted(TASKS)
 
 
+from .image_classification import ImageClassification  # noqa: E402
 from .question_answering import QuestionAnswering  # noqa: E402  (entries register once the registry exists)
 from .text_classification import TextClassification  # noqa: E402
 from .token_classification import TokenClassification  # noqa: E402
@@ -39,6 +41,7 @@ from .token_classification import TokenClassification  # noqa: E402
 register_task(TextClassification())
 register_task(TokenClassification())
 register_task(QuestionAnswering())
+register_task(ImageClassification())
 
 __all__ = ["Encoded", "TASKS", "Task", "cross_entropy", "encode_labels", "get_task", "list_tasks", "log_loss",
            "register_task"]

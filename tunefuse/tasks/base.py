@@ -23,16 +23,22 @@ class Encoded:
 
     ``ids[u]`` are the token ids of unit ``u``, ``example[u]`` the example it came from (a long sentence or context
     gives several units), ``extra`` per-unit lists a task needs again (token types, offsets, word ids) and
-    ``targets`` one target per unit (absent at inference).
+    ``targets`` one target per unit (absent at inference). Images have no ids: their pixels are in ``extra``.
     """
 
     ids: list[list[int]]
     example: np.ndarray
-    extra: dict[str, list] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     targets: Any = None
+    cost: np.ndarray | None = None  # per-unit cost in token-equivalents for batching; None: the token counts
+    keys: list[bytes] | None = None  # per-unit content keys of the feature cache; None: from the token ids
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.example)
+
+    def lengths(self) -> np.ndarray:
+        """What one unit costs a forward pass, in tokens (images: their pixels in token-equivalents)."""
+        return self.cost if self.cost is not None else np.array([len(x) for x in self.ids], dtype=np.int64)
 
 
 class Task(Protocol):
@@ -44,6 +50,7 @@ class Task(Protocol):
     head_names: tuple[str, ...]  # the new modules: no L2-SP anchor, no layer decay, trained alone by the probe
     has_labels: bool  # a label vocabulary (classes, tags) that the head's outputs stand for; QA has none
     is_classifier: bool  # sklearn tags and predict_proba exist only for per-example classification
+    modality: str  # "text" (a tokenizer reads the input) or "vision" (an image processor)
     paper: str
 
     def check_X(self, X: Any, param: str = "X") -> list: ...
@@ -53,7 +60,7 @@ class Task(Protocol):
     def calibrate(self, X: list, y: list, predict_scores) -> "Task": ...  # options tuned on validation after fit
     def encode(self, tokenizer, X: list, max_length: int, *, labels=None, y=None, soft=None,
                template: str | None = None) -> Encoded: ...
-    def collate(self, enc: Encoded, rows: np.ndarray, pad_id: int) -> tuple[dict, Any]: ...
+    def collate(self, enc: Encoded, rows: np.ndarray, pad_id: int, train: bool = False) -> tuple[dict, Any]: ...
     def logits(self, model, inputs: dict, pooling: str) -> torch.Tensor: ...
     def loss(self, logits: torch.Tensor, targets: Any, label_smoothing: float) -> torch.Tensor: ...
     def probe_problem(self, feats: list[np.ndarray], enc: Encoded) -> tuple[torch.Tensor, Any]: ...

@@ -89,6 +89,7 @@ class QuestionAnswering:
     head_names: tuple[str, ...] = ("qa_outputs",)
     has_labels: bool = False  # a label vocabulary (classes, tags) that the head's outputs stand for
     is_classifier: bool = False
+    modality: str = "text"
     paper: str = "Devlin et al., 2019 (BERT on SQuAD: start and end logits per token)"
     metric_name: str = "squad_f1"
     max_length: int = 256  # covers most SQuAD contexts in one or two windows at half the cost of 384
@@ -164,7 +165,7 @@ class QuestionAnswering:
         out[0] += cand["null"]
         return out / np.clip(out.sum(0, keepdims=True), 1e-12, None)
 
-    def collate(self, enc: Encoded, rows: np.ndarray, pad_id: int) -> tuple[dict, Any]:
+    def collate(self, enc: Encoded, rows: np.ndarray, pad_id: int, train: bool = False) -> tuple[dict, Any]:
         types = enc.extra.get("type_ids")
         inputs = collate([enc.ids[i] for i in rows], pad_id, None if types is None else [types[i] for i in rows])
         if enc.targets is None:

@@ -21,6 +21,7 @@ class TextClassification:
     head_names: tuple[str, ...] = ("classifier", "score")  # BERT-style encoders call it classifier; decoders score
     has_labels: bool = True  # a label vocabulary (classes, tags) that the head's outputs stand for
     is_classifier: bool = True
+    modality: str = "text"  # what goes in: text (a tokenizer), vision (an image processor)
     paper: str = "Devlin et al., 2019 (BERT: sentence classification from a pooled representation)"
     metric_name: str = "accuracy"
 
@@ -49,18 +50,22 @@ class TextClassification:
                template: str | None = None) -> Encoded:
         """One unit per text (long texts are truncated to ``max_length``: the head reads one pooled vector)."""
         texts = X if template is None else [template.format(text=t) for t in X]
-        targets = None
-        if y is not None:
-            targets = torch.as_tensor(encode_labels(y, labels))
-        elif soft is not None:
-            proba = np.asarray(soft, dtype=np.float32)
-            if proba.shape != (len(X), len(labels)) or not np.allclose(proba.sum(1), 1, atol=1e-3):
-                raise ValueError(f"proba has shape {proba.shape}; fix: pass one probability row per text over "
-                                 f"{len(labels)} classes, each row summing to 1 (e.g. teacher.predict_proba(X))")
-            targets = torch.as_tensor(proba)
-        return Encoded(ids=tokenize(tokenizer, texts, max_length), example=np.arange(len(X)), targets=targets)
+        return Encoded(ids=tokenize(tokenizer, texts, max_length), example=np.arange(len(X)),
+                       targets=self.targets(len(X), labels, y, soft))
 
-    def collate(self, enc: Encoded, rows: np.ndarray, pad_id: int) -> tuple[dict, Any]:
+    def targets(self, n: int, labels, y=None, soft=None) -> torch.Tensor | None:
+        """Class indices of ``y``, or the soft probability rows ``soft`` (distillation), or None (inference)."""
+        if y is not None:
+            return torch.as_tensor(encode_labels(y, labels))
+        if soft is not None:
+            proba = np.asarray(soft, dtype=np.float32)
+            if proba.shape != (n, len(labels)) or not np.allclose(proba.sum(1), 1, atol=1e-3):
+                raise ValueError(f"proba has shape {proba.shape}; fix: pass one probability row per example over "
+                                 f"{len(labels)} classes, each row summing to 1 (e.g. teacher.predict_proba(X))")
+            return torch.as_tensor(proba)
+        return None
+
+    def collate(self, enc: Encoded, rows: np.ndarray, pad_id: int, train: bool = False) -> tuple[dict, Any]:
         inputs = collate([enc.ids[i] for i in rows], pad_id)
         return inputs, None if enc.targets is None else enc.targets[torch.as_tensor(rows)]
 

@@ -46,6 +46,7 @@ class TokenClassification:
     head_names: tuple[str, ...] = ("classifier", "score")
     has_labels: bool = True  # a label vocabulary (classes, tags) that the head's outputs stand for
     is_classifier: bool = False
+    modality: str = "text"
     paper: str = "Devlin et al., 2019 (BERT: NER with the first sub-token's representation)"
     metric_name: str = "entity_f1"
 
@@ -142,7 +143,7 @@ class TokenClassification:
                 raise ValueError(f"scores[{i}] has shape {np.shape(s)}, expected ({len(w)}, {len(index)}) (words x "
                                  "tags); fix: pass per-word tag probabilities over classes, as predict_scores gives")
 
-    def collate(self, enc: Encoded, rows: np.ndarray, pad_id: int) -> tuple[dict, Any]:
+    def collate(self, enc: Encoded, rows: np.ndarray, pad_id: int, train: bool = False) -> tuple[dict, Any]:
         inputs = collate([enc.ids[i] for i in rows], pad_id)
         if enc.targets is None:
             return inputs, None

@@ -1,0 +1,252 @@
+"""Vision models: a pretrained CNN's feature extractor + a task's new head, saved as safetensors + JSON.
+
+A vision backbone is named like a text one: a registered entry (weights that ship in a package: ``mobilenet-v2``,
+``efficientnet-lite0``), ``torchvision:<name>`` (any torchvision classification model; weights from the torch hub
+cache, a local file, or random with ``config_overrides={"pretrained": False}``) or ``timm:<name>`` (any timm model,
+if timm is installed). The backbone is cut where the ImageNet classifier begins; the head attaches there.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..backbones import BACKBONES
+from .images import ImageProcessor
+
+FAMILIES = ("torchvision", "timm", "efficientnet_lite")
+
+
+def _load_weights(path: str) -> dict:
+    """A state dict from safetensors or a torch file read with ``weights_only=True`` (never unpickles code)."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here is a bad file
+        raise ValueError(f"weights file {path!r} could not be read as a state dict ({type(e).__name__}: "
+                         f"{str(e)[:120]}); fix: pass a .safetensors or a plain torch state-dict file") from e
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def spec_of(backbone: str, overrides: dict | None) -> dict:
+    """Everything needed to build ``backbone`` again: arch, weights file (or None), image size, mean/std, kwargs."""
+    kw = dict(overrides or {})
+    weights = kw.pop("weights", None)
+    pretrained = kw.pop("pretrained", True)
+    entry = BACKBONES.get(backbone)
+    if entry is not None and entry.modality == "vision":
+        spec = {"arch": entry.arch, "image_size": entry.image_size, "mean": list(entry.mean),
+                "std": list(entry.std)}
+        weights = weights or (entry.locate() if pretrained else None)
+        if weights and not os.path.isfile(weights):
+            raise ValueError(f"backbone={backbone!r}: weights file {weights!r} is missing; fix: {entry.install}")
+    elif isinstance(backbone, str) and backbone.split(":", 1)[0] in FAMILIES and ":" in backbone:
+        spec = {"arch": backbone, "image_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+        if pretrained and weights is None:
+            weights = _default_weights(backbone)
+    else:
+        raise ValueError(f"backbone={backbone!r} is not a vision backbone; valid: "
+                         f"{[n for n, b in BACKBONES.items() if b.modality == 'vision']}, 'torchvision:<name>' or "
+                         "'timm:<name>' (e.g. 'torchvision:resnet18')")
+    for k in ("image_size", "mean", "std"):
+        if k in kw:
+            spec[k] = kw.pop(k)
+    return dict(spec, weights=weights, kwargs=kw)
+
+
+def _default_weights(arch: str) -> str | None:
+    family, name = arch.split(":", 1)
+    if family == "torchvision":
+        import torchvision
+
+        try:
+            url = torchvision.models.get_model_weights(name).DEFAULT.url
+        except (ValueError, KeyError, AttributeError) as e:
+            raise ValueError(f"backbone={arch!r}: torchvision has no model {name!r}; valid: "
+                             f"{torchvision.models.list_models(torchvision.models)[:12]}...") from e
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+        if not os.path.isfile(path):
+            raise ValueError(f"backbone={arch!r}: pretrained weights are not in the torch hub cache ({path}); fix: "
+                             f"put {os.path.basename(url)} there (from {url}), pass config_overrides={{'weights': "
+                             "'<file>'}}, or config_overrides={'pretrained': False} for random initialisation")
+        return path
+    if family == "timm":
+        return "timm-pretrained"  # timm reads its own hub cache (offline if HF_HUB_OFFLINE=1 and cached)
+    raise ValueError(f"backbone={arch!r}: pass config_overrides={{'weights': '<file>'}} or {{'pretrained': False}}")
+
+
+class _Call(nn.Module):
+    """A module's feature method (timm's ``forward_features``, EfficientNet-Lite's ``extract_features``) as forward."""
+
+    def __init__(self, net: nn.Module, method: str):
+        super().__init__()
+        self.net, self.method = net, method
+
+    def forward(self, x):
+        return getattr(self.net, self.method)(x)
+
+
+def build_features(spec: dict) -> nn.Module:
+    """The feature extractor of ``spec``: images (N, 3, S, S) -> feature map (N, C, h, w) (or tokens (N, L, C))."""
+    family, name = spec["arch"].split(":", 1)
+    kw, weights = spec.get("kwargs", {}), spec.get("weights")
+    if family == "torchvision":
+        import torchvision
+
+        try:
+            model = torchvision.models.get_model(name, weights=None, **kw)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"backbone 'torchvision:{name}' could not be built ({e}); fix: check the name "
+                             "(torchvision.models.list_models()) and config_overrides") from e
+        if weights:
+            model.load_state_dict(_load_weights(weights))
+        if isinstance(getattr(model, "features", None), nn.Module):  # MobileNet, EfficientNet, VGG, ConvNeXt
+            return model.features
+        if hasattr(model, "layer4"):  # ResNet, ResNeXt, Wide ResNet
+            return nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2,
+                                 model.layer3, model.layer4)
+        raise ValueError(f"backbone 'torchvision:{name}' has neither .features nor .layer4; supported families: "
+                         "MobileNet, EfficientNet, VGG, ConvNeXt, ResNet; or use 'timm:<name>'")
+    if family == "timm":
+        try:
+            import timm
+        except ImportError as e:
+            raise ValueError("backbone 'timm:...' needs timm; fix: pip install timm") from e
+        try:
+            model = timm.create_model(name, pretrained=weights == "timm-pretrained", num_classes=0, global_pool="",
+                                      **kw)
+        except Exception as e:  # noqa: BLE001 - unknown name, no cached weights offline
+            raise ValueError(f"backbone 'timm:{name}' could not be built ({type(e).__name__}: {str(e)[:160]}); fix: "
+                             "check the name (timm.list_models()), pass config_overrides={'weights': '<file>'} or "
+                             "{'pretrained': False}") from e
+        if weights and weights != "timm-pretrained":
+            model.load_state_dict(_load_weights(weights), strict=False)
+        return _Call(model, "forward_features")
+    if family == "efficientnet_lite":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_name(name, **kw)
+        if weights:
+            model.load_state_dict(_load_weights(weights))
+        del model._fc  # the ImageNet classifier: the task's head replaces it
+        return _Call(model, "extract_features")
+    raise ValueError(f"arch {spec['arch']!r}: unknown family {family!r}; valid: {list(FAMILIES)}")
+
+
+class VisionConfig:
+    """The JSON side of a vision checkpoint: the backbone spec, the head's size and labels."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "weights"}
+
+
+class ImageClassifier(nn.Module):
+    """Backbone features -> global average pool -> dropout -> ``classifier`` (the new head)."""
+
+    def __init__(self, spec: dict, num_labels: int, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = build_features(spec)
+        self.config = VisionConfig(**{k: v for k, v in spec.items()}, num_labels=num_labels, dropout=dropout,
+                                   model="image-classifier")
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(feature_channels(self.backbone, spec["image_size"]), num_labels)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(pixel_values)
+        pooled = f.mean((2, 3)) if f.ndim == 4 else f.mean(1)  # conv maps (N, C, h, w); tokens (N, L, C)
+        return self.classifier(self.dropout(pooled))
+
+    def save_pretrained(self, folder, safe_serialization: bool = True) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1, default=str))
+
+
+def feature_channels(features: nn.Module, size: int) -> int:
+    """Channels of the feature map, from one small forward pass (families do not agree on where they say it)."""
+    was = features.training
+    features.eval()
+    with torch.no_grad():
+        out = features(torch.zeros(1, 3, max(32, min(size, 64)), max(32, min(size, 64))))
+    features.train(was)
+    return int(out.shape[1] if out.ndim == 4 else out.shape[-1])
+
+
+def load_pretrained(backbone: str, *, num_labels: int, dropout: float | None, config_overrides: dict | None,
+                    device: torch.device, image_size: int | None = None):
+    """(model, processor, image size, source) for a vision ``backbone`` with a freshly initialised head."""
+    spec = spec_of(backbone, config_overrides)
+    if image_size:
+        spec["image_size"] = int(image_size)
+    model = ImageClassifier(spec, num_labels, dropout or 0.0).to(device, memory_format=torch.channels_last)
+    processor = ImageProcessor(size=spec["image_size"], mean=tuple(spec["mean"]), std=tuple(spec["std"]))
+    return model, processor, spec["image_size"], backbone
+
+
+def load_saved(path: Path):
+    """(model, processor) of a vision checkpoint folder: safetensors + JSON only, never a pickle."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+        pre = json.loads((path / "preprocessor_config.json").read_text())
+        spec = {k: cfg[k] for k in ("arch", "image_size", "mean", "std", "kwargs")}
+        model = ImageClassifier(dict(spec, weights=None), int(cfg["num_labels"]), float(cfg.get("dropout", 0.0)))
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as e:
+        raise ValueError(f"{str(path)!r} could not be read as a vision checkpoint ({type(e).__name__}: "
+                         f"{str(e)[:160]}); the files are damaged or incomplete: save the model again") from e
+    model.config = VisionConfig(**cfg)
+    return model.to(memory_format=torch.channels_last), ImageProcessor.from_dict(pre)
+
+
+def lora_targets(model: nn.Module) -> list[str]:
+    """Backbone layers LoRA adapts: 1x1 convolutions without groups (most of a mobile CNN's weights) and linear
+    layers; depthwise and spatial convolutions stay frozen."""
+    out = []
+    for name, m in model.named_modules():
+        if not name.startswith("backbone."):
+            continue
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1:
+            out.append(name)
+        elif isinstance(m, nn.Linear):
+            out.append(name)
+    return out
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches) -> int:
+    """Re-estimate BatchNorm running statistics from ``batches`` of inputs (after a weight-space merge, averaged
+    statistics no longer describe the averaged weights: Wortsman et al., 2022, Model soups, appendix; the
+    REPAIR/"reset BN" recipe). Cumulative averages over every batch; returns the number of BatchNorm layers."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    was = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+        m.train()
+    try:
+        for inputs in batches:
+            model(**inputs)
+    finally:
+        for m, (momentum, training) in zip(bns, saved):
+            m.momentum = momentum
+            m.train(training)
+        model.train(was)
+    return len(bns)
