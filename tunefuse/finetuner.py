@@ -592,6 +592,28 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         out.frozen_backbone_ = bool(frozen_backbone)
         return out
 
+    def recalibrate_batchnorm(self, X) -> int:
+        """Re-estimate the BatchNorm running statistics on inputs ``X`` (no labels): what a weight-space merge of
+        BatchNorm models needs, since averaged statistics do not describe averaged weights. Returns the number of
+        BatchNorm layers (0 for transformers, and for a pretrained frozen backbone, which keeps its own)."""
+        from .vision.models import recalibrate_batchnorm
+
+        check_is_fitted(self, "model_")
+        if self.frozen_backbone_ or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                            for m in self.model_.modules()):
+            return 0
+        enc = self._encode(self.task_.check_X(X))
+        batches = predict_batches(enc.lengths(), PREDICT_TOKENS)
+
+        def inputs():
+            for rows in batches:
+                yield {k: v.to(self.device_) for k, v in self.task_.collate(enc, rows, 0)[0].items()}
+
+        n = recalibrate_batchnorm(self.model_, inputs())
+        self._inference = InferenceModel()  # the bf16 copy holds the old statistics
+        self.model_.eval()
+        return n
+
     # ------------------------------------------------------------------ checkpoints
     @staticmethod
     def _record(entry) -> dict:

@@ -33,6 +33,12 @@ def pretrained_state(member) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(h + "." for h in heads))}
 
 
+def _processor(member) -> dict:
+    """What the member's input processing depends on: a tokenizer's vocabulary, an image processor's settings."""
+    tok = member.tokenizer_
+    return tok.get_vocab() if hasattr(tok, "get_vocab") else tok.to_dict()
+
+
 def check_fusable(members) -> None:
     """Weight-space fusion needs one backbone, one architecture, one task and one label set: name who breaks it."""
     names = [n for n, _ in members]
@@ -58,9 +64,10 @@ def check_fusable(members) -> None:
             raise ValueError(f"members {first_name!r} and {n!r} start from different backbones ({first.backbone!r} "
                              f"vs {m.backbone!r}); weights of different pretrained starts cannot be averaged: use "
                              "output-space fusion (Voting, Stacking) for them")
-        if m.tokenizer_.get_vocab() != first.tokenizer_.get_vocab():
-            raise ValueError(f"members {first_name!r} and {n!r} use different tokenizers; their embeddings cannot be "
-                             "averaged: fuse members of one backbone")
+        if _processor(m) != _processor(first):
+            raise ValueError(f"members {first_name!r} and {n!r} use different tokenizers or image processors (vocabulary, "
+                             "image size, normalisation); their weights cannot be averaged: fuse members of one backbone "
+                             "and input size")
     W.check_compatible([state_of(m) for _, m in members], names)
 
 
@@ -75,9 +82,13 @@ class WeightFusion(ClassifierMixin, BaseEstimator):
     >>> # soup = WeightFusion([("a", ft_a), ("b", ft_b)], method="greedy_soup").fit(X_val, y_val)
     """
 
-    def __init__(self, members, *, method: str = "greedy_soup", density: float = 0.5, seed: int = 0):
+    def __init__(self, members, *, method: str = "greedy_soup", density: float = 0.5, seed: int = 0,
+                 bn_images=None):
         self.members = members
         self.method = method
+        # Inputs BatchNorm statistics are re-estimated on after a merge (training images; labels are not used).
+        # None: the held-out X given to fit. Models without BatchNorm (transformers) ignore it.
+        self.bn_images = bn_images
         self.density = density  # share of each task vector TIES/DARE keep
         self.seed = seed
 
@@ -95,31 +106,39 @@ class WeightFusion(ClassifierMixin, BaseEstimator):
         states = [state_of(m) for _, m in members]
         names = [n for n, _ in members]
 
+        bn_images = X if self.bn_images is None else self.bn_images
+
+        def with_state(state):  # a merged BatchNorm model needs statistics of its own (re-estimated; no labels used)
+            model = template.with_weights(state)
+            model.recalibrate_batchnorm(bn_images)
+            return model
+
         def score(state) -> float:  # the task's metric: accuracy, entity F1, SQuAD F1
-            return float(template.with_weights(state).score(X, y, sample_weight))
+            return float(with_state(state).score(X, y, sample_weight))
 
         entry = W.get_weight_method(self.method)
         base = pretrained_state(template) if entry.needs_base else None
         chosen, self.params_ = list(range(len(members))), {}
         if entry.search == "greedy":
-            fused, chosen = entry.fn(states, score, names=names, **entry.options)
+            merged, chosen = entry.fn(states, score, names=names, **entry.options)
         elif entry.search == "alpha":  # WiSE-FT: the best member interpolated towards θ0
             best = int(np.argmax([m.score(X, y, sample_weight) for _, m in members]))
             scores = {a: score(entry.fn(base, states[best], a)) for a in ALPHAS}
             alpha = max(scores, key=lambda a: (scores[a], a))  # ties go to the larger alpha (closer to fine-tuned)
-            fused, chosen, self.params_ = entry.fn(base, states[best], alpha), [best], {"alpha": alpha}
+            merged, chosen, self.params_ = entry.fn(base, states[best], alpha), [best], {"alpha": alpha}
         elif entry.search == "scale":  # task vectors: the merge scale on validation
             k = len(states)
             scales = sorted({round(s / k, 4) for s in (1, k / 2, k)} | {1.0})  # 1/k is the uniform soup for "sum"
-            merged = {s: entry.fn(base, states, scale=s, density=self.density, seed=self.seed, **entry.options)
-                      for s in scales}
-            scores = {s: score(st) for s, st in merged.items()}
+            candidates = {s: entry.fn(base, states, scale=s, density=self.density, seed=self.seed, **entry.options)
+                          for s in scales}
+            scores = {s: score(st) for s, st in candidates.items()}
             scale = max(scores, key=lambda s: (scores[s], -s))
-            fused, self.params_ = merged[scale], {"scale": scale, "density": self.density}
+            merged, self.params_ = candidates[scale], {"scale": scale, "density": self.density}
         else:
-            fused = entry.fn(states, **entry.options)
+            merged = entry.fn(states, **entry.options)
         # the soup's backbone is the pretrained one only if no member trained it (then cached features stay valid)
-        self.fused_ = template.with_weights(fused, frozen_backbone=all(m.frozen_backbone_ for _, m in members))
+        self.fused_ = template.with_weights(merged, frozen_backbone=all(m.frozen_backbone_ for _, m in members))
+        self.fused_.recalibrate_batchnorm(bn_images)
         self.members_ = members
         self.weights_ = {n: (chosen.count(i) / len(chosen) if i in chosen else 0.0) for i, n in enumerate(names)}
         self.fit_time_ = time.perf_counter() - t0

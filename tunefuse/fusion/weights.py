@@ -2,7 +2,10 @@
 
 Every function takes state dicts (``dict[str, Tensor]``) and returns a new one: inputs are never mutated, and nothing
 here knows about trainers. Members must share keys, shapes and dtypes (same backbone, same classes); models that
-differ belong in output-space fusion (voting/stacking). Floating tensors are combined in float32 and cast back.
+differ belong in output-space fusion (voting/stacking). Floating tensors are combined in float32 and cast back;
+integer buffers must be equal and are copied, except counters (BatchNorm's ``num_batches_tracked``), copied from the
+first member. A merge of BatchNorm models should have its running statistics re-estimated afterwards
+(``Finetuner.recalibrate_batchnorm``; ``WeightFusion`` does it).
 """
 
 from __future__ import annotations
@@ -81,9 +84,14 @@ def check_compatible(states: Sequence[StateDict], names: Sequence[str] | None = 
 
 
 # ----------------------------------------------------------------------------------------------- running float32 sums
+# Integer buffers that count rather than describe (BatchNorm's steps seen): they differ between members that trained
+# for different numbers of steps, carry no weight, and are copied from the first member instead of compared.
+COUNTERS = ("num_batches_tracked",)
+
+
 def _check_buffers(total: dict, state: StateDict, ref_name: str, name: str) -> None:
     for k, v in state.items():
-        if not v.is_floating_point() and not torch.equal(total[k], v):
+        if not v.is_floating_point() and not k.endswith(COUNTERS) and not torch.equal(total[k], v):
             raise ValueError(f"non-floating tensor {k!r} differs between {name} and {ref_name}; integer buffers "
                              f"(e.g. position_ids) cannot be averaged. Fix: fuse members of one backbone and config, "
                              f"or drop {k!r} from every state dict before fusing.")
