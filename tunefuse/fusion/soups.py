@@ -65,9 +65,9 @@ def check_fusable(members) -> None:
                              f"vs {m.backbone!r}); weights of different pretrained starts cannot be averaged: use "
                              "output-space fusion (Voting, Stacking) for them")
         if _processor(m) != _processor(first):
-            raise ValueError(f"members {first_name!r} and {n!r} use different tokenizers or image processors (vocabulary, "
-                             "image size, normalisation); their weights cannot be averaged: fuse members of one backbone "
-                             "and input size")
+            raise ValueError(f"members {first_name!r} and {n!r} use different tokenizers or image processors "
+                             "(vocabulary, image size, normalisation); their weights cannot be averaged: fuse members "
+                             "of one backbone and input size")
     W.check_compatible([state_of(m) for _, m in members], names)
 
 

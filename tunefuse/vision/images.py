@@ -125,7 +125,7 @@ def resize_square(rgb: np.ndarray, size: int) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, size, size) uint8: shorter side to ``size`` (antialiased), centre crop."""
     from torchvision.transforms.v2 import functional as TF
 
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    t = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)  # owned, writable
     if t.shape[1:] != (size, size):
         t = TF.center_crop(TF.resize(t, size, antialias=True), [size, size])
     return t.contiguous()

@@ -1,0 +1,191 @@
+"""Image classification on real pretrained CNNs (MobileNetV2, EfficientNet-Lite0) and real MNIST digits, at 32 px."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tunefuse import Finetuner
+from tunefuse.datasets import load_mnist_5k
+from tunefuse.fusion import EnsembleSelection, Voting, WeightFusion
+from tunefuse.fusion import weights as W
+from tunefuse.tasks import get_task
+from tunefuse.vision import as_images, image_folder, read_image_csv
+from tunefuse.vision.images import ImageProcessor, decode
+
+TASK = dataclasses.replace(get_task("image-classification"), image_size=32)
+KW = dict(task=TASK, batch_size=32, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """300 real training digits and 200 test digits (stratified: 30 and 20 a class)."""
+    return load_mnist_5k(n_train=300, n_test=200, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    """Members shared by the tests: two MobileNetV2 seeds (full fine-tune) and one EfficientNet-Lite0."""
+    Xtr, ytr, _, _ = digits
+    out = {f"mnv2_{s}": Finetuner("mobilenet-v2", "full", epochs=2, random_state=s, early_stopping=False,
+                                  **KW).fit(Xtr, ytr) for s in (0, 1)}
+    out["lite0"] = Finetuner("efficientnet-lite0", "full", epochs=2, early_stopping=False, **KW).fit(Xtr, ytr)
+    return out
+
+
+def test_mnist_split_is_stratified_although_the_file_is_sorted():
+    Xtr, ytr, Xte, yte = load_mnist_5k()
+    assert Xtr.shape == (2000, 28, 28) and Xte.shape == (3000, 28, 28) and Xtr.dtype == np.uint8
+    assert np.bincount(ytr).tolist() == [200] * 10 and np.bincount(yte).tolist() == [300] * 10
+
+
+def test_inputs_of_every_kind_decode_to_the_same_rgb_tensor(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    rgba = np.dstack([np.stack([grey] * 3, -1), np.full((20, 24), 255, np.uint8)])
+    sources = [grey, grey[:, :, None], np.stack([grey] * 3, -1), np.stack([grey] * 3, 0), Image.fromarray(grey),
+               Image.fromarray(rgba, "RGBA"), str(tmp_path / "g.png"), grey.astype(np.float32) / 255]
+    out = ImageProcessor(size=16)(as_images(sources))
+    assert out.shape == (len(sources), 3, 16, 16) and out.dtype == torch.uint8
+    for t in out[1:]:
+        assert (t.int() - out[0].int()).abs().max() <= 1  # float round trip may differ by one grey level
+
+
+def test_transparent_pixels_become_white():
+    rgba = np.zeros((8, 8, 4), np.uint8)  # black, fully transparent
+    assert decode(rgba, 8).min() == 255
+
+
+def test_image_folder_and_csv_of_paths(tmp_path):
+    for c in ("cat", "dog"):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (10, 10), (i * 50, 0, 0)).save(tmp_path / "photos" / c / f"{i}.png")
+    (tmp_path / "photos" / "notes.txt").write_text("not a class")
+    paths, labels = image_folder(tmp_path / "photos")
+    assert len(paths) == 4 and labels.tolist() == ["cat", "cat", "dog", "dog"]
+    (tmp_path / "list.csv").write_text("file,kind\nphotos/cat/0.png,cat\nphotos/dog/1.png,dog\n")
+    p, y = read_image_csv(tmp_path / "list.csv", path_column="file", label_column="kind")
+    assert y.tolist() == ["cat", "dog"] and all(s.startswith(str(tmp_path)) for s in p)
+    with pytest.raises(ValueError, match="no column 'path'.*columns are \\['file', 'kind'\\]"):
+        read_image_csv(tmp_path / "list.csv")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda d: d / "bad.png", "could not be decoded.*bad.png"),
+    (lambda d: d / "missing.png", "missing.png.*does not exist"),
+])
+def test_a_bad_file_is_named_and_nothing_is_fitted(tmp_path, make, match):
+    (tmp_path / "bad.png").write_text("this is not an image")
+    Image.new("RGB", (10, 10)).save(tmp_path / "ok.png")
+    ft = Finetuner("mobilenet-v2", "head", **KW)
+    with pytest.raises(ValueError, match=match):
+        ft.fit([str(tmp_path / "ok.png"), str(make(tmp_path))], [0, 1])
+    assert not hasattr(ft, "model_")
+
+
+def test_bad_image_inputs_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="shape \\(5, 5, 7\\)"):
+        as_images([np.zeros((5, 5, 7))])
+    with pytest.raises(ValueError, match="empty"):
+        as_images([])
+    with pytest.raises(TypeError, match="single path.*image_folder"):
+        as_images(str(tmp_path))
+    (tmp_path / "only" / "a").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "only" / "a" / "x.png")
+    with pytest.raises(ValueError, match="1 class sub-folder.*at least 2"):
+        image_folder(tmp_path / "only")
+    with pytest.raises(ValueError, match="task='image-classification'"):
+        Finetuner("mobilenet-v2", "full", task="image-classification", template="{text}!").fit(
+            [np.zeros((8, 8))] * 2, [0, 1])
+
+
+@pytest.mark.parametrize("strategy", ["full", "head", "lp-ft", "lora"])
+def test_every_strategy_learns_digits(digits, fitted, strategy):
+    Xtr, ytr, Xte, yte = digits
+    ft = fitted["mnv2_0"] if strategy == "full" else Finetuner("mobilenet-v2", strategy, epochs=2, **KW).fit(Xtr, ytr)
+    acc = ft.score(Xte, yte)
+    assert acc > (0.2 if strategy == "lora" else 0.4), (strategy, acc)  # chance is 0.1; LoRA starts its head at random
+    assert ft.predict_proba(Xte[:5]).shape == (5, 10) and set(ft.classes_) == set(range(10))
+    assert type(ft.model_).__name__ == "ImageClassifier"  # LoRA adapters merged: a plain model
+
+
+def test_same_seed_same_predictions(digits):
+    Xtr, ytr, Xte, _ = digits
+    a, b = (Finetuner("mobilenet-v2", "full", epochs=1, early_stopping=False, **KW).fit(Xtr[:64], ytr[:64])
+            for _ in range(2))
+    np.testing.assert_array_equal(a.predict_proba(Xte[:20]), b.predict_proba(Xte[:20]))
+
+
+def test_save_load_round_trip_is_safetensors_and_json(fitted, digits, tmp_path):
+    ft = fitted["lite0"]
+    ft.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json", "model.safetensors", "preprocessor_config.json", "tunefuse.json"]
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["id2label"]["3"] == "3"
+    back = Finetuner.load(tmp_path / "m", task="image-classification")
+    X = digits[2][:16]
+    np.testing.assert_array_equal(back.predict_proba(X), ft.predict_proba(X))
+    with pytest.raises(ValueError, match="holds a 'image-classification' model"):
+        Finetuner.load(tmp_path / "m", task="text-classification")
+
+
+def test_unseen_label_at_score_time_is_an_error(fitted, digits):
+    with pytest.raises(ValueError, match="unseen during fit"):
+        fitted["mnv2_0"].score(digits[2][:3], [1, 2, 11])
+
+
+@pytest.mark.parametrize("backbone, overrides", [
+    ("torchvision:resnet18", {"pretrained": False}),
+    ("torchvision:mobilenet_v3_small", {"pretrained": False}),
+    ("timm:mobilenetv3_small_050", {"pretrained": False}),
+])
+def test_any_torchvision_or_timm_name_builds_and_fits(digits, backbone, overrides, tmp_path):
+    pytest.importorskip(backbone.split(":")[0])
+    Xtr, ytr, Xte, _ = digits
+    ft = Finetuner(backbone, "full", epochs=1, config_overrides=overrides, **KW).fit(Xtr[:40], ytr[:40])
+    ft.save(tmp_path / "m")
+    np.testing.assert_allclose(Finetuner.load(tmp_path / "m").predict_proba(Xte[:4]), ft.predict_proba(Xte[:4]),
+                               atol=1e-6)
+
+
+def test_torchvision_weights_missing_offline_name_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ValueError, match="not in the torch hub cache.*pretrained': False"):
+        Finetuner("torchvision:resnet18", "full", **KW).fit([np.zeros((8, 8))] * 2, [0, 1])
+    with pytest.raises(ValueError, match="not a vision backbone"):
+        Finetuner("minilm-l6", "full", **KW).fit([np.zeros((8, 8))] * 2, [0, 1])
+
+
+def test_soup_of_batchnorm_models_copies_counters_and_re_estimates_statistics(fitted, digits):
+    Xtr, _, Xte, yte = digits
+    a, b = fitted["mnv2_0"], fitted["mnv2_1"]
+    key = next(k for k in a.model_.state_dict() if k.endswith("num_batches_tracked"))
+    b.model_.state_dict()[key].add_(1)  # members that trained a different number of steps
+    try:
+        soup = WeightFusion([("a", a), ("b", b)], method="uniform_soup", bn_images=Xtr).fit(Xte[:100], yte[:100])
+    finally:
+        b.model_.state_dict()[key].sub_(1)
+    state = soup.fused_.model_.state_dict()
+    mean_key = key.replace("num_batches_tracked", "running_mean")
+    averaged = (a.model_.state_dict()[mean_key] + b.model_.state_dict()[mean_key]) / 2
+    assert not torch.allclose(state[mean_key], averaged)  # re-estimated, not averaged
+    assert soup.score(Xte[100:], yte[100:]) > 0.4
+    plain = W.uniform([a.model_.state_dict(), b.model_.state_dict()])
+    assert torch.equal(plain[key], a.model_.state_dict()[key])
+
+
+def test_output_fusion_across_backbones(fitted, digits):
+    _, _, Xte, yte = digits
+    members = list(fitted.items())
+    vote = Voting(members, voting="soft", prefit=True).fit(Xte[:100], yte[:100])
+    mean = np.mean([m.predict_proba(Xte[100:]) for _, m in members], axis=0)
+    np.testing.assert_allclose(vote.predict_proba(Xte[100:]), mean, atol=1e-6)
+    sel = EnsembleSelection(members, prefit=True, metric="accuracy").fit(Xte[:100], yte[:100])
+    best = max(m.score(Xte[:100], yte[:100]) for _, m in members)
+    assert sel.score(Xte[:100], yte[:100]) >= best
+    with pytest.raises(ValueError, match="different backbones"):
+        WeightFusion([("a", fitted["mnv2_0"]), ("l", fitted["lite0"])]).fit(Xte[:10], yte[:10])
