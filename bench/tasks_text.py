@@ -35,7 +35,6 @@ fusions and the student are refitted on every run (minutes): they are what a rer
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -54,6 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 
+from bench.common import digest, start_tee, write_results  # noqa: E402
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.backbones import resolve_backbone  # noqa: E402
 from tunefuse.checkpoint import atomic_folder, write_json  # noqa: E402
@@ -88,7 +88,7 @@ RECIPE = ("full_s0", "full_s1", "full_s2")  # the members weight-space fusion av
 RECIPES = {"": RECIPE, "_lpft": ("lpft_s3", "lpft_s6", "lpft_s7")}  # soup suffix -> the members it averages
 SOUPS = ("uniform_soup", "greedy_soup", "ties")
 FITTED = ("vote_weighted", "ensemble_selection", "greedy_soup", "ties")  # fusions fitted on the validation rows
-N_BOOT, BOOT_SEED = 1000, 0
+from bench.common import BOOT_SEED, N_BOOT  # noqa: E402,F401  (one bootstrap setting for every bench)
 XQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "xquad" / "xquad.en.json"
 CPU = torch.device("cpu")
 PRECISION = resolve_precision("auto", CPU)  # what tunefuse's evaluator uses: bf16 where the CPU has it
@@ -346,10 +346,6 @@ class HFRow:
 
 # --------------------------------------------------------------------------------------------- saved members
 
-def digest(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, default=list).encode()).hexdigest()[:10]
-
-
 def run_folder(bench: Bench, root: str, epochs: int, overrides: dict | None) -> Path:
     """Keyed by the exact training and validation rows and the settings: another split or size gets other members."""
     def rows(s: Split) -> list:
@@ -535,23 +531,6 @@ def print_lifts(bench: Bench, rows: list[Row], best_member: Row, best_fusion: Ro
         print(f"  {r.name:20s} {100 * (r.test - best_member.test):+6.2f} [{100 * lo:+6.2f}, {100 * hi:+6.2f}]{mark}")
 
 
-class Tee:
-    """stdout that is also kept, so the results file holds what the run printed."""
-
-    def __init__(self, stream):
-        self.stream, self.parts = stream, []
-
-    def write(self, s: str) -> int:
-        self.parts.append(s)
-        return self.stream.write(s)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name: str):  # isatty, encoding, fileno: what libraries ask of sys.stdout
-        return getattr(self.stream, name)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes: fewer rows and members, 2 epochs")
@@ -577,7 +556,7 @@ def main() -> None:
 
     import transformers
 
-    sys.stdout = tee = Tee(sys.stdout)
+    tee = start_tee()
     print(f"tasks_text ({name}): torch threads {torch.get_num_threads()}, precision {PRECISION}, transformers "
           f"{transformers.__version__}, backbone {BACKBONE}"
           + (f" with {mode.config_overrides}" if mode.config_overrides else ""), flush=True)
@@ -593,11 +572,7 @@ def main() -> None:
           f"ner_f1_hf={get('ner', 'hf'):.4f} qa_f1_member={get('qa', 'member'):.4f} "
           f"qa_f1_fusion={get('qa', 'fusion'):.4f} qa_f1_hf={get('qa', 'hf'):.4f} "
           f"ner_speedup_vs_hf={get('ner', 'speedup'):.2f}", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(tee.parts))
-    os.replace(tmp, out)  # atomic: a crash never leaves a half-written results file
-    sys.stdout = tee.stream
+    write_results(tee, out)
     print(f"results written to {out}", file=sys.stderr)  # stderr: the key=value line stays the last of stdout
 
 

@@ -100,7 +100,8 @@ def test_only_classification_is_a_classifier(fitted):
     ner = fitted["token-classification", "head"]
     assert not is_classifier(ner) and not hasattr(ner, "predict_proba") and not hasattr(ner, "classes_")
     assert is_classifier(Finetuner()) and hasattr(Finetuner(), "predict_proba")
-    assert sorted(TASKS) == ["question-answering", "text-classification", "token-classification"]
+    assert sorted(TASKS) == ["image-classification", "question-answering", "text-classification",
+                             "token-classification"]
 
 
 def test_ner_labels_are_in_a_stable_order(fitted):
@@ -326,7 +327,7 @@ def test_bad_parameter_values_are_one_line_errors(name, value):
 
 
 def test_unknown_task_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"task='pos' is not one of \['question-answering', 'text-classification'"):
+    with pytest.raises(ValueError, match=r"task='pos' is not one of \['image-classification', 'question-answering'"):
         Finetuner(task="pos").fit(["a"], [0])
 
 

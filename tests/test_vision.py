@@ -29,7 +29,7 @@ def digits():
 def fitted(digits):
     """Members shared by the tests: two MobileNetV2 seeds (full fine-tune) and one EfficientNet-Lite0."""
     Xtr, ytr, _, _ = digits
-    out = {f"mnv2_{s}": Finetuner("mobilenet-v2", "full", epochs=2, random_state=s, early_stopping=False,
+    out = {f"mnv2_{s}": Finetuner("mobilenet-v2", "full", epochs=3, random_state=s, early_stopping=False,
                                   **KW).fit(Xtr, ytr) for s in (0, 1)}
     out["lite0"] = Finetuner("efficientnet-lite0", "full", epochs=2, early_stopping=False, **KW).fit(Xtr, ytr)
     return out

