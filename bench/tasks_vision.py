@@ -11,15 +11,16 @@ the merge (weight space). The plain loop: torchvision's MobileNetV2 with the sam
 head, AdamW at the same lr, linear warm-up and decay, the same augmentation, epochs, image size and batch, images
 decoded once, the best epoch on validation kept; its precision and memory layout are picked by timing 12 training
 steps of each of fp32 / bf16 autocast x contiguous / channels-last at the start of the run (the fastest is
-"plain_fast"; "plain_fp32" is its defaults: fp32, contiguous). Speed is fit seconds of the same recipe
-(mnv2_full_s0 against plain_fast), validation included.
+"plain_fast"; "plain_fp32" is its defaults: fp32, contiguous). Speed: the mnv2_full_s0 recipe fitted afresh by
+tunefuse and by the plain loop in alternating rounds (3; quick: 2), fit seconds with validation included, the
+median of the per-round ratios.
 
 "Member" is the single model ranked first by validation, "fusion" the fusion ranked first by validation; both are
 test scores. Every lift over the member has a paired bootstrap 95 % interval over the test images (1,000 resamples)
 and McNemar's exact test. Detection and segmentation are not built yet: their figures print as nan.
 
-    python bench/tasks_vision.py            # about 20 minutes on 2 cores; a rerun reuses the saved members
-    python bench/tasks_vision.py --quick    # about 5 minutes: 800 train (200 validate), 1,000 test, 3 epochs,
+    python bench/tasks_vision.py            # about 30 minutes on 2 cores; a rerun reuses the saved members
+    python bench/tasks_vision.py --quick    # about 8 minutes: 800 train (200 validate), 1,000 test, 3 epochs,
                                             # two MobileNetV2 seeds and one EfficientNet-Lite0
 Fitted members are kept under --run-dir/<sizes and a hash of the data and settings>/<row>/ (safetensors + JSON);
 --fresh refits them.
@@ -54,8 +55,9 @@ from tunefuse.vision.images import ImageProcessor, augmenter  # noqa: E402
 
 SIZE, BATCH, LR = 64, 32, 1e-3
 MODES = {
-    "full": dict(n_train=2000, n_val=400, n_test=3000, epochs=5, seeds=(0, 1, 2), lite_seeds=(0, 1, 2)),
-    "quick": dict(n_train=800, n_val=200, n_test=1000, epochs=3, seeds=(0, 1), lite_seeds=(0,)),
+    "full": dict(n_train=2000, n_val=400, n_test=3000, epochs=5, seeds=(0, 1, 2), lite_seeds=(0, 1, 2),
+                 speed_rounds=3),
+    "quick": dict(n_train=800, n_val=200, n_test=1000, epochs=3, seeds=(0, 1), lite_seeds=(0,), speed_rounds=2),
 }
 
 
@@ -197,6 +199,31 @@ def plain_or_load(name: str, folder: Path, data, epochs: int, bf16: bool, cl: bo
     return PlainMember(model, bf16, fmt), seconds
 
 
+def paired_speed(data, mode: dict, bf16: bool, cl: bool, rounds: int) -> float:
+    """Fit the same recipe with tunefuse and with the plain loop alternately, ``rounds`` times each, fresh; the
+    speedup is the median of the per-round ratios (a shared 2-core machine drifts by 20 % within minutes)."""
+    (Xtr, ytr), (Xva, yva), _ = data
+    task = dataclasses.replace(get_task("image-classification"), image_size=SIZE)
+    kinds = {"tunefuse": lambda: Finetuner("mobilenet-v2", "full", task=task, epochs=mode["epochs"], batch_size=BATCH,
+                                           lr=LR, verbose=0).fit(Xtr, ytr, X_val=Xva, y_val=yva).fit_time_,
+             "tunefuse_all_layers": lambda: Finetuner(
+                 "mobilenet-v2", "full", task=dataclasses.replace(task, freeze_stem=False), epochs=mode["epochs"],
+                 batch_size=BATCH, lr=LR, verbose=0).fit(Xtr, ytr, X_val=Xva, y_val=yva).fit_time_,
+             "plain_fast": lambda: plain_fit(data, mode["epochs"], 0, bf16, cl)[1],
+             "plain_fp32": lambda: plain_fit(data, mode["epochs"], 0, False, False)[1]}
+    times = {k: [] for k in kinds}
+    for r in range(rounds):
+        for k, fit in kinds.items():
+            times[k].append(fit())
+        print(f"    speed round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+    ratio = lambda a, b: float(np.median(np.array(times[b]) / np.array(times[a])))  # noqa: E731
+    speed = ratio("tunefuse", "plain_fast")
+    print(f"  fit time of the mnv2_full_s0 recipe, {rounds} alternating rounds, median ratio: tunefuse "
+          f"{speed:.2f}x plain_fast, {ratio('tunefuse', 'plain_fp32'):.2f}x plain_fp32 (its defaults); tunefuse "
+          f"with every layer trained {ratio('tunefuse_all_layers', 'plain_fast'):.2f}x plain_fast", flush=True)
+    return speed
+
+
 # ------------------------------------------------------------------------------------------------------- the run
 
 def classification(mode: dict, args) -> dict:
@@ -260,11 +287,11 @@ def classification(mode: dict, args) -> dict:
     err_m, err_f = 1 - rows[member][2].mean(), 1 - rows[fusion][2].mean()
     print(f"\n  the fusion ({fusion}) removes {100 * (err_m - err_f) / err_m:.1f}% of the member's test errors "
           f"({int(round(err_m * len(yte)))} -> {int(round(err_f * len(yte)))})")
-    speed = fast_s / fit_s["mnv2_full_s0"]
-    print(f"  fit time, the same recipe: mnv2_full_s0 {fit_s['mnv2_full_s0']:.1f} s, plain_fast {fast_s:.1f} s "
-          f"({speed:.2f}x), plain_fp32 {slow_s:.1f} s ({slow_s / fit_s['mnv2_full_s0']:.2f}x); every layer trained "
-          f"(mnv2_full_s0_all_layers) {fit_s['mnv2_full_s0_all_layers']:.1f} s "
-          f"({fast_s / fit_s['mnv2_full_s0_all_layers']:.2f}x plain_fast)", flush=True)
+    print(f"  fit time of the rows above (fitted apart, on a shared machine): mnv2_full_s0 "
+          f"{fit_s['mnv2_full_s0']:.1f} s, mnv2_full_s0_all_layers {fit_s['mnv2_full_s0_all_layers']:.1f} s, "
+          f"plain_fast {fast_s:.1f} s, "
+          f"plain_fp32 {slow_s:.1f} s", flush=True)
+    speed = paired_speed(data, mode, bf16, cl, rounds=mode["speed_rounds"])
     return {"member": rows[member][2].mean(), "fusion": rows[fusion][2].mean(), "plain": rows["plain_fast"][2].mean(),
             "speedup": speed}
 
