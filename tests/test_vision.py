@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from tunefuse import Finetuner
-from tunefuse.datasets import load_mnist_5k
+from tunefuse.datasets import digit_scenes, load_mnist_5k
 from tunefuse.fusion import EnsembleSelection, Voting, WeightFusion
 from tunefuse.fusion import weights as W
 from tunefuse.tasks import get_task
@@ -189,3 +189,91 @@ def test_output_fusion_across_backbones(fitted, digits):
     assert sel.score(Xte[:100], yte[:100]) >= best
     with pytest.raises(ValueError, match="different backbones"):
         WeightFusion([("a", fitted["mnv2_0"]), ("l", fitted["lite0"])]).fit(Xte[:10], yte[:10])
+
+
+# ------------------------------------------------------------------------------------------------- segmentation
+SEG = dataclasses.replace(get_task("image-segmentation"), image_size=64)
+
+
+@pytest.fixture(scope="module")
+def scenes(digits):
+    """Scenes of real digits on a 64 px canvas (train scenes from training digits, test from test digits)."""
+    Xtr, ytr, Xte, yte = digits
+    return digit_scenes(Xtr, ytr, 96, size=64, max_digits=2, seed=0), digit_scenes(Xte, yte, 32, size=64,
+                                                                                      max_digits=2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def segmenters(scenes):
+    (imgs, M), _ = scenes
+    kw = dict(task=SEG, epochs=2, batch_size=16, early_stopping=False, verbose=0)
+    return {f"mnv2_{s}": Finetuner("mobilenet-v2", "full", random_state=s, **kw).fit(imgs, M) for s in (0, 1)}
+
+
+def test_digit_scenes_are_reproducible_and_masks_follow_the_strokes(digits):
+    Xtr, ytr, _, _ = digits
+    (a, ma), (b, mb) = digit_scenes(Xtr, ytr, 5, seed=3), digit_scenes(Xtr, ytr, 5, seed=3)
+    np.testing.assert_array_equal(a, b) and np.testing.assert_array_equal(ma, mb)
+    assert a.shape == ma.shape == (5, 96, 96) and set(np.unique(ma)) <= set(range(11))
+    assert np.all(a[ma > 0] >= 128) and np.all(ma[a < 128] == 0)  # stroke pixels labelled, background not
+
+
+def test_segmentation_learns_and_predicts_masks_at_the_images_size(segmenters, scenes):
+    _, (imgs, M) = scenes
+    ft = segmenters["mnv2_0"]
+    masks = ft.predict(list(imgs[:3]) + [np.zeros((40, 50), np.uint8)])  # any size in, a mask of that size out
+    assert [m.shape for m in masks] == [(64, 64)] * 3 + [(40, 50)]
+    assert masks[0].dtype == ft.labels_.dtype and set(np.unique(np.concatenate([m.ravel() for m in masks]))) <= set(
+        ft.labels_.tolist())
+    scores = ft.predict_scores(imgs[:2])
+    assert scores[0].shape == (len(ft.labels_), 64, 64) and np.allclose(scores[0].sum(0), 1, atol=1e-4)
+    miou = ft.score(imgs, M)
+    background_only = SEG.metric(M, [np.zeros_like(m) for m in M])
+    assert miou > background_only, (miou, background_only)  # above the all-background answer
+
+
+def test_mean_iou_by_hand():
+    from tunefuse.tasks.image_segmentation import confusion, mean_iou, pixel_accuracy
+
+    t, p = [np.array([[0, 0], [1, 1]])], [np.array([[0, 1], [1, 1]])]
+    cm = confusion(t, p, [0, 1])
+    assert cm.tolist() == [[1, 1], [0, 2]]
+    assert mean_iou(cm) == pytest.approx((1 / 2 + 2 / 3) / 2) and pixel_accuracy(cm) == 0.75
+
+
+def test_segmentation_fusion_averages_maps_and_soups_re_estimate_batchnorm(segmenters, scenes):
+    (imgs, _), (Ite, Mte) = scenes
+    members = list(segmenters.items())
+    vote = Voting(members, voting="soft", prefit=True).fit(Ite[:16], Mte[:16])
+    fused, a, b = vote.predict_scores(Ite[16:18]), *(m.predict_scores(Ite[16:18]) for _, m in members)
+    np.testing.assert_allclose(fused[0], (a[0] + b[0]) / 2, atol=1e-5)
+    sel = EnsembleSelection(members, prefit=True).fit(Ite[:16], Mte[:16])
+    assert sel.score(Ite[:16], Mte[:16]) >= max(m.score(Ite[:16], Mte[:16]) for _, m in members) - 1e-9
+    soup = WeightFusion(members, method="uniform_soup", bn_images=imgs).fit(Ite[:16], Mte[:16])
+    assert soup.score(Ite[16:], Mte[16:]) > 0
+
+
+def test_segmentation_round_trip_and_bad_masks(segmenters, scenes, tmp_path):
+    _, (imgs, M) = scenes
+    ft = segmenters["mnv2_1"]
+    ft.save(tmp_path / "seg")
+    back = Finetuner.load(tmp_path / "seg", task="segmentation")
+    np.testing.assert_array_equal(back.predict_scores(imgs[:2])[1], ft.predict_scores(imgs[:2])[1])
+    with pytest.raises(ValueError, match=r"y\[1\] is a mask of shape \(10, 10\) but image X\[1\] is \(64, 64\)"):
+        Finetuner("mobilenet-v2", "full", task=SEG, verbose=0).fit(imgs[:2], [M[0], np.zeros((10, 10), int)])
+    with pytest.raises(ValueError, match="integer array"):
+        Finetuner("mobilenet-v2", "full", task=SEG, verbose=0).fit(imgs[:2], [M[0], M[1].astype(float)])
+    with pytest.raises(ValueError, match="strategy='head' starts with a linear probe.*fix: use strategy='full'"):
+        Finetuner("mobilenet-v2", "head", task=SEG, verbose=0).fit(imgs[:4], list(M[:4]))
+    with pytest.raises(ValueError, match="unseen during fit"):
+        ft.score(imgs[:1], [np.full((64, 64), 42)])
+
+
+@pytest.mark.parametrize("mode", ["bootstrap", "kfold"])
+def test_bagging_image_classifiers(digits, mode):
+    from tunefuse.fusion import Bagging
+
+    Xtr, ytr, Xte, yte = digits
+    member = Finetuner("mobilenet-v2", "head", **KW)
+    bag = Bagging(member, n_estimators=2, n_splits=2, mode=mode).fit(Xtr[:120], ytr[:120])
+    assert bag.predict_proba(Xte[:10]).shape == (10, 10) and bag.score(Xte, yte) > 0.3

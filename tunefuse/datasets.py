@@ -69,3 +69,33 @@ def load_mnist_5k(n_train: int = 2000, n_test: int = 3000, seed: int = 0):
         raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(X)} digits; fix: ask for fewer")
     tr, te = train_test_split(np.arange(len(X)), train_size=n_train, test_size=n_test, random_state=seed, stratify=y)
     return X[tr], y[tr], X[te], y[te]
+
+
+def digit_scenes(X: np.ndarray, y: np.ndarray, n: int, size: int = 96, max_digits: int = 4, seed: int = 0,
+                 threshold: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Segmentation scenes composed from real digits (no segmentation dataset ships in a package).
+
+    Each of the ``n`` scenes is a ``size`` x ``size`` grey canvas with 1 to ``max_digits`` digits drawn from ``X``
+    (uint8 (N, 28, 28)), each at a random scale (20-44 px) and position; the mask holds the digit's label + 1 where
+    its stroke is (pixel >= ``threshold`` after resizing) and 0 (background) elsewhere; a later digit covers an
+    earlier one. Compose training scenes from training digits and test scenes from test digits only. Returns
+    ``(images uint8 (n, size, size), masks int64 (n, size, size))``; the same seed gives the same scenes.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if max_digits < 1 or size < 48:
+        raise ValueError(f"max_digits={max_digits}, size={size}: pass max_digits >= 1 and size >= 48")
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, size, size), np.uint8)
+    masks = np.zeros((n, size, size), np.int64)
+    for s in range(n):
+        for _ in range(rng.integers(1, max_digits + 1)):
+            i, side = rng.integers(len(X)), int(rng.integers(20, 45))
+            digit = F.interpolate(torch.as_tensor(X[i], dtype=torch.float32)[None, None], size=(side, side),
+                                  mode="bilinear", align_corners=False)[0, 0].clamp(0, 255).round().numpy()
+            top, left = rng.integers(0, size - side + 1, size=2)
+            window = (slice(top, top + side), slice(left, left + side))
+            images[s][window] = np.maximum(images[s][window], digit.astype(np.uint8))
+            masks[s][window][digit >= threshold] = int(y[i]) + 1
+    return images, masks

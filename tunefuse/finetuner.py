@@ -190,6 +190,9 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         if not text_classifier and self.template is not None:
             raise ValueError(f"template={self.template!r} applies to text classification only; fix: pass "
                              f"template=None for task={task.name!r}")
+        if get_strategy(self.strategy).probe and not getattr(task, "probe_applies", True):
+            raise ValueError(f"strategy={self.strategy!r} starts with a linear probe, but task={task.name!r} has a "
+                             "non-linear head (a segmentation decoder); fix: use strategy='full' or 'lora'")
         if task.modality != "text" and self.freeze_embeddings:
             raise ValueError(f"freeze_embeddings=True applies to text backbones only; fix: pass "
                              f"freeze_embeddings=False for task={task.name!r}")
@@ -379,7 +382,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
 
             return load_vision(self.backbone, num_labels=len(labels), dropout=self.dropout,
                                config_overrides=self.config_overrides, device=device or self.device_,
-                               image_size=getattr(task, "image_size", None))
+                               image_size=getattr(task, "image_size", None), model=task.vision_model)
         id2label = None if labels is None else {i: str(c) for i, c in enumerate(labels)}
         return load_pretrained(self.backbone, task.auto_model, num_labels=None if labels is None else len(labels),
                                id2label=id2label, dropout=self.dropout, config_overrides=self.config_overrides,
@@ -527,7 +530,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 inputs, _ = self.task_.collate(enc, rows[batch], self.tokenizer_.pad_token_id)
                 res = fn(model, {k: v.to(self.device_) for k, v in inputs.items()}).float().cpu().numpy()
                 for j, i in enumerate(batch):
-                    out[i] = res[j][None] if res.ndim == 2 else res[j, : lengths[i]]
+                    # per example (n, classes); per token (n, tokens, classes); per pixel (n, classes, H, W)
+                    out[i] = res[j][None] if res.ndim == 2 else res[j, : lengths[i]] if res.ndim == 3 else res[j]
         return out
 
     def _unit_logits(self, enc) -> list[np.ndarray]:
@@ -570,6 +574,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         if task.is_classifier:
             y_idx = encode_labels(y, self.labels_)
             return float(np.average(self._scores(X).argmax(1) == y_idx, weights=sample_weight))
+        if hasattr(task, "check_known"):  # labels the model never saw are an error, not a silent zero IoU
+            task.check_known(y, self.labels_)
         return task.metric(y, self.predict(X))
 
     def features(self, X) -> np.ndarray | list[np.ndarray]:

@@ -405,7 +405,13 @@ class EnsembleSelection(_Fusion):
 
 
 def _as_2d(X: Any) -> Any:
-    # BaggingClassifier needs 2-D input; a 1-D list of texts becomes one text column.
+    # BaggingClassifier needs 2-D input: a 1-D list of texts becomes one text column, and so do images (arrays
+    # (N, H, W[, C]), a list of arrays, paths or PIL images): one object cell an image, which as_images unwraps.
+    if isinstance(X, (list, tuple)) or (isinstance(X, np.ndarray) and X.ndim >= 3):
+        col = np.empty((len(X), 1), dtype=object)
+        for i, x in enumerate(X):
+            col[i, 0] = x
+        return col
     return np.asarray(X, dtype=object).reshape(-1, 1) if np.ndim(X) == 1 else X
 
 

@@ -1,7 +1,7 @@
 """Tasks by name: one registry of small declarative entries (the task half of backbone × strategy × task).
 
->>> sorted(TASKS)
-['image-classification', 'question-answering', 'text-classification', 'token-classification']
+>>> sorted(TASKS)[:3]
+['image-classification', 'image-segmentation', 'question-answering']
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .base import Encoded, Task, cross_entropy, encode_labels, log_loss
 
 TASKS: dict[str, Task] = {}
 ALIASES = {"classification": "text-classification", "ner": "token-classification", "qa": "question-answering",
-           "image": "image-classification"}
+           "image": "image-classification", "segmentation": "image-segmentation"}
 
 
 def register_task(task: Task) -> Task:
@@ -34,6 +34,7 @@ def list_tasks() -> list[str]:
 
 
 from .image_classification import ImageClassification  # noqa: E402
+from .image_segmentation import ImageSegmentation  # noqa: E402
 from .question_answering import QuestionAnswering  # noqa: E402  (entries register once the registry exists)
 from .text_classification import TextClassification  # noqa: E402
 from .token_classification import TokenClassification  # noqa: E402
@@ -42,6 +43,7 @@ register_task(TextClassification())
 register_task(TokenClassification())
 register_task(QuestionAnswering())
 register_task(ImageClassification())
+register_task(ImageSegmentation())
 
 __all__ = ["Encoded", "TASKS", "Task", "cross_entropy", "encode_labels", "get_task", "list_tasks", "log_loss",
            "register_task"]

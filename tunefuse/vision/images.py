@@ -44,7 +44,9 @@ def as_images(X: Any, param: str = "X") -> list:
         hint = "tunefuse.vision.image_folder(path)" if os.path.isdir(X) else "[path]"
         raise TypeError(f"{param}={str(X)!r} is a single path; pass a list of images, e.g. X, y = {hint}")
     if isinstance(X, np.ndarray):
-        if X.dtype == object:
+        if X.dtype == object and X.ndim == 2 and X.shape[1] == 1:  # one column of images (sklearn's meta-estimators)
+            X = list(X[:, 0])
+        elif X.dtype == object:
             X = list(X)
         elif X.ndim in (3, 4):
             X = list(X)
@@ -121,29 +123,31 @@ def load_rgb(src, where: str = "image") -> np.ndarray:
     return _to_uint8_hwc(np.asarray(src), where)
 
 
-def resize_square(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, size, size) uint8: shorter side to ``size`` (antialiased), centre crop."""
+def resize_square(rgb: np.ndarray, size: int, crop: bool = True) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) uint8: shorter side to ``size`` (antialiased) and centre crop, or (``crop=
+    False``, for dense tasks whose outputs map back to every input pixel) the whole image resized to the square."""
     from torchvision.transforms.v2 import functional as TF
 
     t = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)  # owned, writable
     if t.shape[1:] != (size, size):
-        t = TF.center_crop(TF.resize(t, size, antialias=True), [size, size])
+        t = TF.center_crop(TF.resize(t, size, antialias=True), [size, size]) if crop else \
+            TF.resize(t, [size, size], antialias=True)
     return t.contiguous()
 
 
-def decode(src, size: int, where: str = "image") -> torch.Tensor:
-    """One image source -> (3, size, size) uint8; files are cached per (path, size, mtime)."""
+def decode(src, size: int, where: str = "image", crop: bool = True) -> torch.Tensor:
+    """One image source -> (3, size, size) uint8; files are cached per (path, size, crop, mtime)."""
     global _cache_bytes
     key = None
     if isinstance(src, str):
         try:
             st = os.stat(src)
-            key = (src, size, st.st_mtime_ns, st.st_size)
+            key = (src, size, crop, st.st_mtime_ns, st.st_size)
         except OSError:
             key = None  # _open names the missing file
         if key is not None and key in _cache:
             return _cache[key]
-    out = resize_square(load_rgb(src, where), size)
+    out = resize_square(load_rgb(src, where), size, crop)
     if key is not None:
         _cache[key] = out
         _cache_bytes += out.numel()
@@ -168,10 +172,29 @@ class ImageProcessor:
     size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop: bool = True  # False: resize the whole image (dense tasks map outputs back to every pixel)
     pad_token_id: int = 0  # the estimator's collate passes it; images have no padding
 
     def __call__(self, sources: Sequence, param: str = "X") -> torch.Tensor:
-        return torch.stack([decode(s, self.size, f"{param}[{i}]") for i, s in enumerate(sources)])
+        return torch.stack([decode(s, self.size, f"{param}[{i}]", self.crop) for i, s in enumerate(sources)])
+
+    def sizes(self, sources: Sequence, param: str = "X") -> list[tuple[int, int]]:
+        """(H, W) of each source at its own size (dense outputs are resized back to it)."""
+        out = []
+        for i, s in enumerate(sources):
+            if isinstance(s, str):
+                from PIL import Image
+
+                try:
+                    with Image.open(s) as im:
+                        out.append((im.height, im.width))
+                except OSError:
+                    out.append(tuple(load_rgb(s, f"{param}[{i}]").shape[:2]))  # names the bad file
+            elif _is_pil(s):
+                out.append((s.height, s.width))
+            else:
+                out.append(tuple(_to_uint8_hwc(np.asarray(s), f"{param}[{i}]").shape[:2]))
+        return out
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) -> float32 normalised, channels-last (the faster layout for convolutions on CPU)."""
@@ -189,7 +212,7 @@ class ImageProcessor:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageProcessor":
-        return cls(size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]))
+        return cls(size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]), crop=bool(d.get("crop", True)))
 
 
 def pixel_keys(pixels: torch.Tensor) -> list[bytes]:

@@ -42,7 +42,8 @@ def spec_of(backbone: str, overrides: dict | None) -> dict:
     entry = BACKBONES.get(backbone)
     if entry is not None and entry.modality == "vision":
         spec = {"arch": entry.arch, "image_size": entry.image_size, "mean": list(entry.mean),
-                "std": list(entry.std), "stem": list(entry.stem)}
+                "std": list(entry.std), "stem": list(entry.stem),
+                "low_layer": entry.feature_layers[0] if entry.feature_layers else None}
         weights = weights or (entry.locate() if pretrained else None)
         if weights and not os.path.isfile(weights):
             raise ValueError(f"backbone={backbone!r}: weights file {weights!r} is missing; fix: {entry.install}")
@@ -54,7 +55,7 @@ def spec_of(backbone: str, overrides: dict | None) -> dict:
         raise ValueError(f"backbone={backbone!r} is not a vision backbone; valid: "
                          f"{[n for n, b in BACKBONES.items() if b.modality == 'vision']}, 'torchvision:<name>' or "
                          "'timm:<name>' (e.g. 'torchvision:resnet18')")
-    for k in ("image_size", "mean", "std"):
+    for k in ("image_size", "mean", "std", "low_layer"):
         if k in kw:
             spec[k] = kw.pop(k)
     return dict(spec, weights=weights, kwargs=kw)
@@ -176,6 +177,56 @@ class ImageClassifier(nn.Module):
         (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1, default=str))
 
 
+def _keep_output(module: nn.Module, args, output) -> None:
+    module.kept_output = output
+
+
+class ImageSegmenter(nn.Module):
+    """Backbone -> LR-ASPP head (torchvision's, Howard et al., 2019, Searching for MobileNetV3) on the stride-8
+    ``low`` feature map and the last (stride-32) one -> per-pixel class logits, upsampled to the input size."""
+
+    def __init__(self, spec: dict, num_labels: int, dropout: float = 0.0):
+        from torchvision.models.segmentation.lraspp import LRASPPHead
+
+        super().__init__()
+        self.backbone = build_features(spec)
+        low = spec.get("low_layer")
+        if not low:
+            raise ValueError(f"backbone {spec['arch']!r} declares no feature layers, so a segmentation head cannot "
+                             "attach; fix: use 'mobilenet-v2' or 'efficientnet-lite0', or pass config_overrides="
+                             "{'low_layer': '<name of a stride-8 module in model.backbone>'}")
+        self.config = VisionConfig(**spec, num_labels=num_labels, dropout=dropout, model="image-segmenter")
+        self.low_layer = low
+        # a module-level hook that keeps the output on the module itself: copies of the model (deepcopy, the bf16
+        # inference copy) then keep their own outputs, which a closure over ``self`` would not
+        self.backbone.get_submodule(low).register_forward_hook(_keep_output)
+        low_c, high_c = self._channels(spec["image_size"])
+        self.head = LRASPPHead(low_c, high_c, num_labels, inter_channels=128)
+
+    def _features(self, x: torch.Tensor) -> dict:
+        high = self.backbone(x)
+        layer = self.backbone.get_submodule(self.low_layer)
+        low, layer.kept_output = layer.kept_output, None
+        return {"low": low, "high": high}
+
+    def _channels(self, size: int) -> tuple[int, int]:
+        was = self.backbone.training
+        self.backbone.eval()
+        with torch.no_grad():
+            f = self._features(torch.zeros(1, 3, max(64, min(size, 96)), max(64, min(size, 96))))
+        self.backbone.train(was)
+        return int(f["low"].shape[1]), int(f["high"].shape[1])
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.head(self._features(pixel_values))
+        return nn.functional.interpolate(out, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+
+    save_pretrained = ImageClassifier.save_pretrained
+
+
+MODELS = {"image-classifier": ImageClassifier, "image-segmenter": ImageSegmenter}
+
+
 def feature_channels(features: nn.Module, size: int) -> int:
     """Channels of the feature map, from one small forward pass (families do not agree on where they say it)."""
     was = features.training
@@ -187,14 +238,15 @@ def feature_channels(features: nn.Module, size: int) -> int:
 
 
 def load_pretrained(backbone: str, *, num_labels: int, dropout: float | None, config_overrides: dict | None,
-                    device: torch.device, image_size: int | None = None):
+                    device: torch.device, image_size: int | None = None, model: str = "image-classifier"):
     """(model, processor, image size, source) for a vision ``backbone`` with a freshly initialised head."""
     spec = spec_of(backbone, config_overrides)
     if image_size:
         spec["image_size"] = int(image_size)
-    model = ImageClassifier(spec, num_labels, dropout or 0.0).to(device, memory_format=torch.channels_last)
-    processor = ImageProcessor(size=spec["image_size"], mean=tuple(spec["mean"]), std=tuple(spec["std"]))
-    return model, processor, spec["image_size"], backbone
+    net = MODELS[model](spec, num_labels, dropout or 0.0).to(device, memory_format=torch.channels_last)
+    processor = ImageProcessor(size=spec["image_size"], mean=tuple(spec["mean"]), std=tuple(spec["std"]),
+                               crop=model == "image-classifier")
+    return net, processor, spec["image_size"], backbone
 
 
 def load_saved(path: Path):
@@ -206,7 +258,9 @@ def load_saved(path: Path):
         cfg = json.loads((path / "config.json").read_text())
         pre = json.loads((path / "preprocessor_config.json").read_text())
         spec = {k: cfg[k] for k in ("arch", "image_size", "mean", "std", "kwargs")}
-        model = ImageClassifier(dict(spec, weights=None), int(cfg["num_labels"]), float(cfg.get("dropout", 0.0)))
+        spec.update({k: cfg[k] for k in ("stem", "low_layer") if k in cfg})
+        model = MODELS[cfg.get("model", "image-classifier")](dict(spec, weights=None), int(cfg["num_labels"]),
+                                                             float(cfg.get("dropout", 0.0)))
         model.load_state_dict(load_file(str(path / "model.safetensors")))
     except (OSError, KeyError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as e:
         raise ValueError(f"{str(path)!r} could not be read as a vision checkpoint ({type(e).__name__}: "
