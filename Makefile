@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunefuse-installed
 
-.PHONY: demo test test-fast bench-speed bench-fusion bench-cost bench-tasks clean
+.PHONY: demo test test-fast bench-speed bench-fusion bench-cost bench-tasks bench-vision clean
 
 $(STAMP): pyproject.toml requirements/assets.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-cost: $(STAMP)
 
 bench-tasks: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/tasks_text.py
+
+bench-vision: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/tasks_vision.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

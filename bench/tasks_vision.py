@@ -23,8 +23,8 @@ and McNemar's exact test.
 Segmentation: scenes of 1-4 real digits on a 96 px canvas (``tunefuse.datasets.digit_scenes``; no segmentation
 data ships in a package): 800 training scenes from the training digits, 200 validation scenes from the validation
 digits, 400 test scenes from the test digits; masks are background + the 10 digits where their strokes are.
-Members: MobileNetV2 full fine-tunes at seeds 0/1/2 and EfficientNet-Lite0 at seeds 0/1, an LR-ASPP head each,
-8 epochs; fusions: per-pixel probability averaging (soft vote), ensemble selection on validation mIoU, uniform soups
+Members: MobileNetV2 full fine-tunes at seeds 0/1/2 and EfficientNet-Lite0 at seed 0, an LR-ASPP head each,
+12 epochs (quick: 4); fusions: per-pixel probability averaging (soft vote), ensemble selection on validation mIoU, uniform soups
 (BatchNorm re-estimated). mIoU is over every test pixel; its lift has a bootstrap interval over test scenes.
 Detection is not built yet: its figures print as nan.
 
@@ -337,7 +337,7 @@ def classification(mode: dict, args, out_png: Path) -> dict:
 
 
 SEG_SIZE, SEG_BATCH = 96, 16
-SEG_MODES = {"full": dict(n_train=800, n_val=200, n_test=400, epochs=8, seeds=(0, 1, 2), lite_seeds=(0, 1)),
+SEG_MODES = {"full": dict(n_train=800, n_val=200, n_test=400, epochs=12, seeds=(0, 1, 2), lite_seeds=(0,)),
              "quick": dict(n_train=300, n_val=100, n_test=200, epochs=4, seeds=(0, 1), lite_seeds=(0,))}
 
 

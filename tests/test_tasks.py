@@ -100,8 +100,9 @@ def test_only_classification_is_a_classifier(fitted):
     ner = fitted["token-classification", "head"]
     assert not is_classifier(ner) and not hasattr(ner, "predict_proba") and not hasattr(ner, "classes_")
     assert is_classifier(Finetuner()) and hasattr(Finetuner(), "predict_proba")
-    assert sorted(TASKS) == ["image-classification", "question-answering", "text-classification",
-                             "token-classification"]
+    assert sorted(TASKS) == ["image-classification", "image-segmentation", "question-answering",
+                             "text-classification", "token-classification"]
+    assert not is_classifier(Finetuner(task="image-segmentation")) and is_classifier(Finetuner(task="image"))
 
 
 def test_ner_labels_are_in_a_stable_order(fitted):
@@ -327,7 +328,7 @@ def test_bad_parameter_values_are_one_line_errors(name, value):
 
 
 def test_unknown_task_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"task='pos' is not one of \['image-classification', 'question-answering'"):
+    with pytest.raises(ValueError, match=r"task='pos' is not one of \['image-classification', 'image-segmentation'"):
         Finetuner(task="pos").fit(["a"], [0])
 
 
