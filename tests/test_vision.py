@@ -277,3 +277,24 @@ def test_bagging_image_classifiers(digits, mode):
     member = Finetuner("mobilenet-v2", "head", **KW)
     bag = Bagging(member, n_estimators=2, n_splits=2, mode=mode).fit(Xtr[:120], ytr[:120])
     assert bag.predict_proba(Xte[:10]).shape == (10, 10) and bag.score(Xte, yte) > 0.3
+
+
+def test_test_time_augmentation_averages_the_allowed_views(fitted, digits, segmenters, scenes):
+    from tunefuse.fusion import TestTimeAugmentation
+
+    _, _, Xte, yte = digits
+    member = fitted["mnv2_0"]
+    tta = TestTimeAugmentation(member).fit()
+    assert tta.views_ == ("identity", "zoom")  # digits: no flips
+    zoomed = [x[1:27, 1:27] for x in Xte[:6]]  # the 0.9 centre crop of a 28 px digit
+    np.testing.assert_allclose(tta.predict_proba(Xte[:6]),
+                               (member.predict_proba(Xte[:6]) + member.predict_proba(zoomed)) / 2, atol=1e-5)
+    assert 0 <= tta.score(Xte[:50], yte[:50]) <= 1
+    seg = segmenters["mnv2_0"]
+    seg_tta = TestTimeAugmentation(seg, views=("identity", "hflip")).fit()
+    (_, _), (imgs, _) = scenes
+    flipped = seg.predict_scores([np.ascontiguousarray(x[:, ::-1]) for x in imgs[:2]])
+    expect = (seg.predict_scores(imgs[:2])[0] + flipped[0][..., ::-1]) / 2  # the flipped map flipped back
+    np.testing.assert_allclose(seg_tta.predict_scores(imgs[:2])[0], expect, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot be mapped back"):
+        TestTimeAugmentation(seg, views=("identity", "zoom")).fit()

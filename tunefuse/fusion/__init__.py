@@ -1,5 +1,6 @@
 """Fusion of fitted members: output space (voting, selection, bagging, boosting, stacking), weight space (soups,
-WiSE-FT, task arithmetic, TIES, DARE) and distillation. One member protocol: ``[(name, estimator)]``."""
+WiSE-FT, task arithmetic, TIES, DARE), test-time augmentation and distillation. One member protocol:
+``[(name, estimator)]``."""
 from .distill import Distillation
 from .leaderboard import cross_val_fusion, format_leaderboard, leaderboard
 from .members import check_fitted_members, check_members, member_proba
@@ -7,6 +8,7 @@ from .output import (OUTPUT_METHODS, Bagging, Boosting, EnsembleSelection, Fusio
                      get_output_method)
 from .persist import load_fusion, load_member, save_fusion, save_member
 from .soups import WeightFusion, soup_from_checkpoints
+from .tta import TestTimeAugmentation
 from .weights import WEIGHT_METHODS
 
 # Every fusion by name: the output-space estimators, then one WeightFusion entry per weight-space method.
@@ -24,6 +26,7 @@ def get_fusion_method(name: str) -> FusionMethod:
 
 
 __all__ = ["Bagging", "Boosting", "Distillation", "EnsembleSelection", "FUSION_METHODS", "Stacking", "Voting",
-           "WeightFusion", "check_fitted_members", "check_members", "cross_val_fusion", "format_leaderboard",
+           "TestTimeAugmentation", "WeightFusion", "check_fitted_members", "check_members", "cross_val_fusion",
+           "format_leaderboard",
            "get_fusion_method", "get_output_method", "leaderboard", "load_fusion", "load_member", "member_proba",
            "save_fusion", "save_member", "soup_from_checkpoints"]
