@@ -25,7 +25,8 @@ data ships in a package): 800 training scenes from the training digits, 200 vali
 digits, 400 test scenes from the test digits; masks are background + the 10 digits where their strokes are.
 Members: MobileNetV2 full fine-tunes at seeds 0/1/2 and EfficientNet-Lite0 at seed 0, an LR-ASPP head each,
 12 epochs (quick: 4); fusions: per-pixel probability averaging (soft vote), ensemble selection on validation mIoU,
-uniform soups (BatchNorm re-estimated). mIoU is over every test pixel; its lift has a bootstrap interval over test scenes.
+uniform soups (BatchNorm re-estimated). mIoU is over every test pixel; its lift has a bootstrap interval over test
+scenes.
 Detection is not built yet: its figures print as nan.
 
     python bench/tasks_vision.py            # about 30 minutes on 2 cores; a rerun reuses the saved members
