@@ -245,8 +245,7 @@ def paired_speed(data, mode: dict, bf16: bool, cl: bool, rounds: int) -> tuple[f
 
 # ------------------------------------------------------------------------------------------------------- the run
 
-def classification(mode: dict, args, out_png: Path) -> dict:
-    data = split(mode)
+def classification(mode: dict, data, args, out_png: Path) -> dict:
     (Xtr, ytr), (Xva, yva), (Xte, yte) = data
     key = digest({"mode": mode, "size": SIZE, "batch": BATCH, "lr": LR, "train": ytr.tolist(), "val": yva.tolist(),
                   "pixels": hashlib.sha1(Xtr.tobytes() + Xva.tobytes()).hexdigest()})
@@ -416,7 +415,7 @@ def segmentation(mode: dict, digits, args, out_png: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="about 5 minutes: fewer images, members and epochs")
+    ap.add_argument("--quick", action="store_true", help="about 12 minutes: fewer images, members and epochs")
     ap.add_argument("--out", default=None, help="results file (default bench/results/tasks_vision[_quick].txt)")
     ap.add_argument("--run-dir", default="runs/bench_tasks_vision", help="where fitted members are kept")
     ap.add_argument("--fresh", action="store_true", help="refit members and the plain loop even if saved ones match")
@@ -431,7 +430,8 @@ def main() -> None:
     print(f"tasks_vision ({name}): torch {torch.__version__}, threads {torch.get_num_threads()}, cpu {cpu_kind()}",
           flush=True)
     digits = split(MODES[name])
-    c = classification(MODES[name], args, out.with_name(out.stem + "_classification.png")) if "image" in tasks else {}
+    c = classification(MODES[name], digits, args, out.with_name(out.stem + "_classification.png")) \
+        if "image" in tasks else {}
     g = segmentation(SEG_MODES[name], digits, args, out.with_name(out.stem + "_segmentation.png")) \
         if "seg" in tasks else {}
     nan = float("nan")

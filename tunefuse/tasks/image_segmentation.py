@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..vision.images import ImageProcessor, pixel_keys
 from .base import IGNORE, Encoded, check_weights, cross_entropy, encode_labels
-from .image_classification import ImageClassification
+from .image_classification import PIXELS_PER_TOKEN, ImageClassification
 
 
 def as_masks(y: Any, n: int, param: str = "y") -> list[np.ndarray]:
@@ -37,17 +37,24 @@ def as_masks(y: Any, n: int, param: str = "y") -> list[np.ndarray]:
 
 def confusion(y_true: Sequence[np.ndarray], y_pred: Sequence[np.ndarray], labels) -> np.ndarray:
     """Pixel confusion matrix (true class x predicted class) over every image."""
-    index = {v: i for i, v in enumerate(np.asarray(labels).tolist())}
-    k = len(index)
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    k = len(labels)
+
+    def index(m: np.ndarray) -> np.ndarray:  # position of each pixel's class in ``labels``, vectorised
+        pos = order[np.clip(np.searchsorted(labels, m, sorter=order), 0, k - 1)]
+        if not np.array_equal(labels[pos], m):
+            raise ValueError(f"a mask holds classes {sorted(set(np.unique(m)) - set(labels.tolist()))[:5]} outside "
+                             f"{labels.tolist()[:12]}; fix: pass the label set the masks use")
+        return pos
+
     out = np.zeros((k, k), dtype=np.int64)
     for t, p in zip(y_true, y_pred):
         t, p = np.asarray(t), np.asarray(p)
         if t.shape != p.shape:
             raise ValueError(f"a predicted mask has shape {p.shape} but its true mask {t.shape}; fix: predict on the "
                              "same images the masks belong to")
-        ti = np.vectorize(index.get, otypes=[np.int64])(t.ravel()) if t.size else t.ravel()
-        pi = np.vectorize(index.get, otypes=[np.int64])(p.ravel()) if p.size else p.ravel()
-        out += np.bincount(ti * k + pi, minlength=k * k).reshape(k, k)
+        out += np.bincount(index(t.ravel()) * k + index(p.ravel()), minlength=k * k).reshape(k, k)
     return out
 
 
@@ -112,7 +119,7 @@ class ImageSegmentation(ImageClassification):
         elif soft is not None:
             targets = torch.stack([F.interpolate(torch.as_tensor(np.asarray(p, dtype=np.float32))[None],
                                                  size=[processor.size] * 2, mode="bilinear")[0] for p in soft])
-        cost = np.full(len(X), max(1, 2 * processor.size ** 2 // 121))  # decoder maps: twice a classifier's cost
+        cost = np.full(len(X), max(1, 2 * processor.size ** 2 // PIXELS_PER_TOKEN))  # a decoder: twice a classifier
         return Encoded(ids=[], example=np.arange(len(X)), extra={"pixels": pixels, "processor": processor,
                                                                  "sizes": sizes},
                        targets=targets, cost=cost, keys=pixel_keys(pixels))

@@ -76,8 +76,12 @@ def as_images(X: Any, param: str = "X") -> list:
     return out
 
 
+def _channels_first(a: np.ndarray) -> bool:
+    return a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4)
+
+
 def _to_uint8_hwc(a: np.ndarray, where: str) -> np.ndarray:
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+    if _channels_first(a):
         a = np.moveaxis(a, 0, -1)  # (C, H, W) -> (H, W, C)
     if a.ndim == 2:
         a = a[:, :, None]
@@ -193,7 +197,8 @@ class ImageProcessor:
             elif _is_pil(s):
                 out.append((s.height, s.width))
             else:
-                out.append(tuple(_to_uint8_hwc(np.asarray(s), f"{param}[{i}]").shape[:2]))
+                a = np.asarray(s)
+                out.append(tuple(a.shape[1:3] if _channels_first(a) else a.shape[:2]))
         return out
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
