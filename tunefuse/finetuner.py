@@ -217,6 +217,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         if w.shape != (len(X),) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
             raise ValueError(f"sample_weight must be {len(X)} finite non-negative numbers with a positive sum; "
                              f"got shape {w.shape}; fix: pass one weight per row, or None")
+        if not getattr(task, "weighted_loss", True) and np.ptp(w) > 0:
+            raise ValueError(f"sample_weight is not supported by task={task.name!r}: its loss is a mean over the "
+                             "whole batch, not one loss per example; fix: pass sample_weight=None, or repeat the "
+                             "images you want to weigh more")
         self._fit_examples(X, {"y": y}, labels, w, self._validation(X_val, y_val, labels))
         self.fit_time_ = time.perf_counter() - t0
         return self
@@ -315,7 +319,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 for chunk in split_by_length(lengths[batch], MICRO_BATCH_OVERHEAD):
                     rows = batch[chunk]
                     inputs, targets = task.collate(enc, rows, pad, train=True)
-                    inputs = {k: v.to(self.device_) for k, v in inputs.items()}
+                    inputs = _to(inputs, self.device_)
                     with autocast(self.device_, self.precision_), packed(self.model_, self._packs()):
                         logits = task.logits(self.model_, inputs, self.pooling_)
                     yield rows, task.loss(logits, _to(targets, self.device_), self.label_smoothing)
@@ -382,7 +386,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
 
             return load_vision(self.backbone, num_labels=len(labels), dropout=self.dropout,
                                config_overrides=self.config_overrides, device=device or self.device_,
-                               image_size=getattr(task, "image_size", None), model=task.vision_model)
+                               image_size=getattr(task, "input_size", None) or getattr(task, "image_size", None),
+                               model=task.vision_model, head=getattr(task, "head_options", dict)())
         id2label = None if labels is None else {i: str(c) for i, c in enumerate(labels)}
         return load_pretrained(self.backbone, task.auto_model, num_labels=None if labels is None else len(labels),
                                id2label=id2label, dropout=self.dropout, config_overrides=self.config_overrides,
@@ -528,7 +533,12 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 packed(model, inference.PACKED and self._packs()):
             for batch in predict_batches(lengths, PREDICT_TOKENS):
                 inputs, _ = self.task_.collate(enc, rows[batch], self.tokenizer_.pad_token_id)
-                res = fn(model, {k: v.to(self.device_) for k, v in inputs.items()}).float().cpu().numpy()
+                res = fn(model, _to(inputs, self.device_))
+                if isinstance(res, list):  # one variable-size output per unit (a detector's boxes)
+                    for j, i in enumerate(batch):
+                        out[i] = res[j].float().cpu().numpy()
+                    continue
+                res = res.float().cpu().numpy()
                 for j, i in enumerate(batch):
                     # per example (n, classes); per token (n, tokens, classes); per pixel (n, classes, H, W)
                     out[i] = res[j][None] if res.ndim == 2 else res[j, : lengths[i]] if res.ndim == 3 else res[j]
@@ -635,7 +645,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
 
         def inputs():
             for rows in batches:
-                yield {k: v.to(self.device_) for k, v in self.task_.collate(enc, rows, 0)[0].items()}
+                yield _to(self.task_.collate(enc, rows, 0)[0], self.device_)
 
         n = recalibrate_batchnorm(self.model_, inputs())
         self._inference = InferenceModel()  # the bf16 copy holds the old statistics
@@ -737,9 +747,12 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         return est
 
 
-def _to(targets, device):
-    if targets is None:
+def _to(value, device):
+    """Tensors moved to ``device``, inside dicts and lists too (a detector's targets are a list of dicts)."""
+    if value is None:
         return None
-    if isinstance(targets, dict):
-        return {k: v.to(device) for k, v in targets.items()}
-    return targets.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to(v, device) for v in value]
+    return value.to(device)

@@ -1,6 +1,7 @@
 """Fusion of fitted members: output space (voting, selection, bagging, boosting, stacking), weight space (soups,
 WiSE-FT, task arithmetic, TIES, DARE), test-time augmentation and distillation. One member protocol:
 ``[(name, estimator)]``."""
+from .boxes import BoxFusion
 from .distill import Distillation
 from .leaderboard import cross_val_fusion, format_leaderboard, leaderboard
 from .members import check_fitted_members, check_members, member_proba
@@ -25,7 +26,8 @@ def get_fusion_method(name: str) -> FusionMethod:
     return FUSION_METHODS[name]
 
 
-__all__ = ["Bagging", "Boosting", "Distillation", "EnsembleSelection", "FUSION_METHODS", "Stacking", "Voting",
+__all__ = ["Bagging", "BoxFusion", "Boosting", "Distillation", "EnsembleSelection", "FUSION_METHODS", "Stacking",
+           "Voting",
            "TestTimeAugmentation", "WeightFusion", "check_fitted_members", "check_members", "cross_val_fusion",
            "format_leaderboard",
            "get_fusion_method", "get_output_method", "leaderboard", "load_fusion", "load_member", "member_proba",

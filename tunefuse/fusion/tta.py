@@ -2,7 +2,8 @@
 
 Each view is an invertible or label-preserving change of the image (a flip, a slight zoom); the member scores every
 view, dense scores (segmentation maps) are mapped back through the view's inverse, and the task's own ``fuse``
-averages them. Views are chosen per dataset: flips only where the task allows them (``hflip``/``vflip``: trees from
+averages them (a detector's boxes: weighted boxes fusion). Views are chosen per dataset: flips only where the task
+allows them (``hflip``/``vflip``: trees from
 above, yes; digits, no), the zoom only for per-image labels (a zoomed mask would no longer cover the image).
 """
 from __future__ import annotations
@@ -88,7 +89,8 @@ class TestTimeAugmentation(ClassifierMixin, BaseEstimator):
         per_view = []
         for view in self.views_:
             scores = self.member.predict_scores([_view(img, view) for img in images])
-            per_view.append(scores if self.task_.is_classifier else [_invert(s, view) for s in scores])
+            invert = getattr(self.task_, "flip_scores", _invert)  # a detector's boxes flip back their own way
+            per_view.append(scores if self.task_.is_classifier else [invert(s, view) for s in scores])
         return self.task_.fuse(per_view, None)
 
     @available_if(lambda self: getattr(self.member, "task_", None) is None or self.member.task_.is_classifier)

@@ -9,7 +9,8 @@ from .base import Encoded, Task, cross_entropy, encode_labels, log_loss
 
 TASKS: dict[str, Task] = {}
 ALIASES = {"classification": "text-classification", "ner": "token-classification", "qa": "question-answering",
-           "image": "image-classification", "segmentation": "image-segmentation"}
+           "image": "image-classification", "segmentation": "image-segmentation",
+           "detection": "object-detection"}
 
 
 def register_task(task: Task) -> Task:
@@ -35,6 +36,7 @@ def list_tasks() -> list[str]:
 
 from .image_classification import ImageClassification  # noqa: E402
 from .image_segmentation import ImageSegmentation  # noqa: E402
+from .object_detection import ObjectDetection  # noqa: E402
 from .question_answering import QuestionAnswering  # noqa: E402  (entries register once the registry exists)
 from .text_classification import TextClassification  # noqa: E402
 from .token_classification import TokenClassification  # noqa: E402
@@ -44,6 +46,7 @@ register_task(TokenClassification())
 register_task(QuestionAnswering())
 register_task(ImageClassification())
 register_task(ImageSegmentation())
+register_task(ObjectDetection())
 
 __all__ = ["Encoded", "TASKS", "Task", "cross_entropy", "encode_labels", "get_task", "list_tasks", "log_loss",
            "register_task"]

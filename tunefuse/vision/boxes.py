@@ -1,0 +1,256 @@
+"""Boxes: checked targets, Pascal-VOC and COCO readers, tiles of large images, and box merging.
+
+A target is what torchvision's detectors take: ``{"boxes": (k, 4) float (x1, y1, x2, y2) in pixels, "labels": (k,)}``.
+Large images (aerial, medical) are cut into overlapping tiles for training and predicted tile by tile (sliced
+inference, as SAHI does); the tiles' boxes are merged back with :func:`merge_tiles`. Members' boxes fuse with
+:func:`fuse_boxes` (weighted boxes fusion, NMS or soft-NMS from the ``ensemble-boxes`` package).
+"""
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+FUSIONS = ("wbf", "nms", "soft-nms")
+# pixels a box may pass its image's border before it is an error (VOC's 1-based xmax may equal the width)
+EDGE_TOLERANCE = 1.0
+
+
+def as_targets(y: Any, sizes: Sequence[tuple[int, int]], param: str = "y", names: Sequence[str] | None = None
+               ) -> list[dict]:
+    """One checked target per image: boxes (k, 4) float32 inside the image, labels (k,) as given.
+
+    Each entry of ``y`` is a dict with ``boxes`` (and ``labels``; absent: every box is ``"object"``) or a bare (k, 4)
+    array. ``names`` (the image files, when known) make errors say which file a bad box belongs to.
+    """
+    if y is None:
+        raise ValueError(f"{param}=None: detection needs one target per image, {{'boxes': (k, 4) array of x1, y1, x2, "
+                         f"y2, 'labels': (k,)}}; fix: pass {param}, e.g. from tunefuse.vision.read_voc")
+    targets = [y] if isinstance(y, dict) else list(y)
+    if len(targets) != len(sizes):
+        raise ValueError(f"X has {len(sizes)} images but {param} has {len(targets)} targets; pass one per image")
+    out = []
+    for i, (t, (h, w)) in enumerate(zip(targets, sizes)):
+        where = f"{param}[{i}]" + (f" (image {names[i]!r})" if names is not None and isinstance(names[i], str) else "")
+        if isinstance(t, dict):
+            if "boxes" not in t:
+                raise ValueError(f"{where} has keys {sorted(t)}; fix: pass {{'boxes': (k, 4), 'labels': (k,)}}")
+            boxes, labels = t["boxes"], t.get("labels")
+        else:
+            boxes, labels = t, None
+        try:
+            b = np.asarray(boxes, dtype=np.float64)
+        except (TypeError, ValueError):
+            b = np.zeros((0, 3))
+        if b.size == 0 and b.ndim <= 2 and (b.ndim < 2 or b.shape[-1] in (0, 4)):
+            b = np.zeros((0, 4))
+        if b.ndim != 2 or b.shape[1] != 4 or not np.isfinite(b).all():
+            raise ValueError(f"{where}: boxes have shape {np.shape(boxes)}; fix: pass a (k, 4) array of finite "
+                             "x1, y1, x2, y2 pixel coordinates")
+        lab = np.array(["object"] * len(b), dtype=object) if labels is None else np.asarray(labels, dtype=object)
+        if lab.shape != (len(b),):
+            raise ValueError(f"{where} has {len(b)} boxes but labels of shape {lab.shape}; pass one label per box")
+        bad = np.flatnonzero((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]))
+        if len(bad):
+            raise ValueError(f"{where}: box {bad[0]} {b[bad[0]].tolist()} has x2 <= x1 or y2 <= y1; fix: pass "
+                             "(x1, y1, x2, y2) with x2 > x1 and y2 > y1 (convert COCO's x, y, width, height first)")
+        t = EDGE_TOLERANCE
+        out_of = np.flatnonzero((b[:, 0] < -t) | (b[:, 1] < -t) | (b[:, 2] > w + t) | (b[:, 3] > h + t))
+        if len(out_of):
+            raise ValueError(f"{where}: box {out_of[0]} {b[out_of[0]].tolist()} lies outside its {w} x {h} image; "
+                             "fix: check the coordinates are pixels of this image (not normalised, not of a resized "
+                             "copy), or drop the box")
+        b = np.clip(b, 0, [w, h, w, h])
+        out.append({"boxes": b.astype(np.float32), "labels": lab})
+    return out
+
+
+def read_voc(xml_path, image: str | None = None, label_map: dict | None = None) -> tuple[str, dict]:
+    """(image path, target) of a Pascal-VOC annotation file. ``label_map`` renames classes (e.g. {'Dead': 'tree'});
+    the image is ``image`` or the file the XML names, beside it."""
+    xml_path = Path(xml_path)
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (OSError, ET.ParseError) as e:
+        raise ValueError(f"annotation file {str(xml_path)!r} could not be read as Pascal-VOC XML ({e}); fix the "
+                         "file or drop it") from e
+    boxes, labels = [], []
+    for k, obj in enumerate(root.iter("object")):
+        box = obj.find("bndbox")
+        try:
+            boxes.append([float(box.find(c).text) for c in ("xmin", "ymin", "xmax", "ymax")])
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ValueError(f"{str(xml_path)!r}: object {k} has no complete <bndbox> (xmin, ymin, xmax, ymax); fix "
+                             "the file") from e
+        name = (obj.findtext("name") or "object").strip()
+        labels.append((label_map or {}).get(name, name))
+    if image is None:
+        fname = root.findtext("filename")
+        image = str(xml_path.with_name(fname)) if fname else str(xml_path.with_suffix(".png"))
+    return image, {"boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4), "labels": np.array(labels, dtype=object)}
+
+
+def read_coco(json_path, image_root=None, masks: bool = False) -> tuple[list[str], list]:
+    """(image paths, targets) of a COCO annotation file: boxes (x, y, w, h converted to x1, y1, x2, y2) labelled with
+    category names. ``masks=True`` returns per-image semantic masks instead (category id per pixel, 0 background),
+    rasterised from the polygons (run-length masks need ``faster-coco-eval`` or ``pycocotools``)."""
+    json_path = Path(json_path)
+    try:
+        data = json.loads(json_path.read_text())
+        images, cats = data["images"], {c["id"]: c["name"] for c in data["categories"]}
+        anns = data.get("annotations", [])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{str(json_path)!r} is not a COCO annotation file ({type(e).__name__}: {e}); it needs "
+                         "'images', 'categories' and 'annotations'") from e
+    root = Path(image_root) if image_root is not None else json_path.parent
+    by_image: dict = {im["id"]: [] for im in images}
+    for a in anns:
+        if a.get("image_id") not in by_image:
+            raise ValueError(f"{str(json_path)!r}: annotation {a.get('id')} points at image_id {a.get('image_id')!r} "
+                             "which is not in 'images'; fix the file")
+        by_image[a["image_id"]].append(a)
+    paths, targets = [], []
+    for im in images:
+        paths.append(str(root / im["file_name"]))
+        rows = [a for a in by_image[im["id"]] if not a.get("iscrowd", 0) or masks]
+        if masks:
+            targets.append(_coco_mask(rows, int(im["height"]), int(im["width"]), str(json_path)))
+            continue
+        b = np.array([a["bbox"] for a in rows], dtype=np.float32).reshape(-1, 4)
+        b[:, 2:] += b[:, :2]
+        targets.append({"boxes": b, "labels": np.array([cats[a["category_id"]] for a in rows], dtype=object)})
+    return paths, targets
+
+
+def _coco_mask(anns: list, h: int, w: int, where: str) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("I", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    out = None
+    for a in sorted(anns, key=lambda a: -a.get("area", 0)):  # small objects drawn last stay visible
+        seg = a.get("segmentation")
+        if isinstance(seg, list):
+            for poly in seg:
+                draw.polygon([(poly[i], poly[i + 1]) for i in range(0, len(poly) - 1, 2)], fill=int(a["category_id"]))
+        elif isinstance(seg, dict):
+            try:
+                from faster_coco_eval.core import mask as mask_utils
+            except ImportError as e:
+                raise ValueError(f"{where}: run-length masks need faster-coco-eval; fix: pip install "
+                                 "faster-coco-eval") from e
+            rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg.get("counts"), list) else seg
+            m = mask_utils.decode(rle).astype(bool)
+            out = np.asarray(canvas, dtype=np.int64) if out is None else out
+            out[m] = int(a["category_id"])
+            canvas = Image.fromarray(out.astype(np.int32), mode="I")
+            draw = ImageDraw.Draw(canvas)
+    return np.asarray(canvas, dtype=np.int64)
+
+
+def tiles(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """Windows (x0, y0, x1, y1) of side ``size`` covering an h x w image with ``overlap`` (fraction of the side)
+    between neighbours; the last window of a row or column is flush with the border. A smaller image is one window."""
+    step = max(1, int(round(size * (1 - overlap))))
+
+    def starts(n: int) -> list[int]:
+        if n <= size:
+            return [0]
+        s = list(range(0, n - size, step))
+        return s + [n - size]
+
+    return [(x, y, min(x + size, w), min(y + size, h)) for y in starts(h) for x in starts(w)]
+
+
+def crop_target(target: dict, window: tuple[int, int, int, int], min_visible: float = 0.5) -> dict:
+    """The boxes of ``target`` inside ``window``, clipped, in the window's coordinates: a box cut by the border is
+    kept when at least ``min_visible`` of its area is inside."""
+    x0, y0, x1, y1 = window
+    b = np.asarray(target["boxes"], dtype=np.float32)
+    c = np.clip(b, [x0, y0, x0, y0], [x1, y1, x1, y1])
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    inside = (c[:, 2] - c[:, 0]).clip(0) * (c[:, 3] - c[:, 1]).clip(0)
+    keep = inside >= min_visible * np.maximum(area, 1e-9)
+    return {"boxes": (c[keep] - [x0, y0, x0, y0]).astype(np.float32), "labels": np.asarray(target["labels"])[keep]}
+
+
+def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Indices of the boxes kept when overlapping tiles' detections are merged: greedy suppression, per class, by
+    intersection over the *smaller* box (a crown cut by one tile's border is a part of the whole crown another tile
+    sees; their IoU can be low while the part lies inside the whole). SAHI's matching metric; written by hand because
+    torchvision's NMS only knows IoU."""
+    import torch
+
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    b = torch.as_tensor(boxes, dtype=torch.float32)
+    order = torch.as_tensor(np.argsort(-scores, kind="stable"))
+    b = b[order]
+    lab = torch.as_tensor(np.asarray(labels))[order]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt, rb = torch.max(b[:, None, :2], b[None, :, :2]), torch.min(b[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    ios = inter / torch.min(area[:, None], area[None, :]).clamp(min=1e-9)
+    overlap = (ios > threshold) & (lab[:, None] == lab[None, :])
+    keep = torch.ones(len(b), dtype=torch.bool)
+    for i in range(len(b)):  # boxes in score order: a kept box suppresses every lower-scored match
+        if keep[i]:
+            later = overlap[i].clone()
+            later[: i + 1] = False
+            keep &= ~later
+    return order[keep].numpy()
+
+
+def fuse_boxes(per_member: Sequence[dict], weights: Sequence[float], size: tuple[int, int], method: str = "wbf",
+               iou: float = 0.55, skip: float = 0.0) -> dict:
+    """Fuse several members' detections of one image: weighted boxes fusion (Solovyev et al., 2021), NMS or
+    soft-NMS of the pooled boxes, with ``ensemble-boxes``'s implementations (coordinates normalised to [0, 1])."""
+    from ensemble_boxes import nms, soft_nms, weighted_boxes_fusion
+
+    h, w = size
+    scale = np.array([w, h, w, h], dtype=np.float64)
+    boxes = [np.clip(np.asarray(d["boxes"], dtype=np.float64).reshape(-1, 4) / scale, 0, 1) for d in per_member]
+    scores = [np.asarray(d["scores"], dtype=np.float64) for d in per_member]
+    labels = [np.asarray(d["labels"], dtype=np.int64) for d in per_member]
+    used = [i for i, b in enumerate(boxes) if len(b)]
+    if not used:
+        return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
+                "labels": np.zeros(0, np.int64), "size": tuple(size)}
+    args = ([boxes[i] for i in used], [scores[i] for i in used], [labels[i] for i in used])
+    wts = [float(weights[i]) for i in used]
+    if method == "wbf":
+        b, s, lab = weighted_boxes_fusion(*args, weights=wts, iou_thr=iou, skip_box_thr=skip)
+        s = s * sum(wts) / float(np.sum(weights))  # members that saw no box at all still vote "no box"
+    elif method == "nms":
+        b, s, lab = nms(*args, weights=wts, iou_thr=iou)
+    elif method == "soft-nms":
+        b, s, lab = soft_nms(*args, weights=wts, iou_thr=iou, sigma=0.5, thresh=max(skip, 1e-3))
+    else:
+        raise ValueError(f"box_fusion={method!r} is not one of {list(FUSIONS)}")
+    return {"boxes": (b * scale).astype(np.float32), "scores": s.astype(np.float32), "labels": lab.astype(np.int64),
+            "size": tuple(size)}
+
+
+def deepforest_data() -> Path:
+    """The folder of tree-crown images with Pascal-VOC boxes that ships in ``deepforest`` (found without importing
+    the package, whose import needs pytorch-lightning)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("deepforest")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the tree-crown data needs the deepforest package; fix: pip install --no-deps "
+                         "deepforest==2.1.0 (requirements/assets.txt)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def image_size_of(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise ValueError(f"image file {path!r} does not exist; fix: correct the path")
+    with Image.open(path) as im:
+        return im.height, im.width
