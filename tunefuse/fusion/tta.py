@@ -3,8 +3,8 @@
 Each view is an invertible or label-preserving change of the image (a flip, a slight zoom); the member scores every
 view, dense scores (segmentation maps) are mapped back through the view's inverse, and the task's own ``fuse``
 averages them (a detector's boxes: weighted boxes fusion). Views are chosen per dataset: flips only where the task
-allows them (``hflip``/``vflip``: trees from
-above, yes; digits, no), the zoom only for per-image labels (a zoomed mask would no longer cover the image).
+allows them (``hflip``/``vflip``: trees from above, yes; digits, no), the zoom only for per-image labels (a zoomed
+mask would no longer cover the image).
 """
 from __future__ import annotations
 
