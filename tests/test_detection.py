@@ -11,6 +11,7 @@ import pytest
 
 from tunefuse import Finetuner
 from tunefuse.fusion import BoxFusion, TestTimeAugmentation, Voting, WeightFusion
+from tunefuse.fusion.members import cached
 from tunefuse.tasks import get_task
 from tunefuse.tasks.object_detection import mean_average_precision
 from tunefuse.vision.boxes import (as_targets, crop_target, deepforest_data, fuse_boxes, merge_tiles, read_coco,
@@ -144,6 +145,10 @@ def test_box_fusions_and_weight_fusion_of_detectors(detectors, crowns):
     assert Voting(members, prefit=True).fit(X[2:3], y[2:3]).predict(X[3:])[0]["boxes"].shape[1] == 4
     with pytest.raises(ValueError, match="no per-example probability.*BoxFusion"):
         Voting(members, weights="fit", prefit=True).fit(X[2:3], y[2:3])
+    replayed = cached(members)  # each member predicts an input once, fusions replay its boxes
+    again = BoxFusion(replayed).fit(X[2:3], y[2:3]).predict(X[3:])
+    np.testing.assert_allclose(again[0]["boxes"], BoxFusion(members).fit(X[2:3], y[2:3]).predict(X[3:])[0]["boxes"])
+    assert replayed[0][1].predict(X[3:])[0]["boxes"].shape[1] == 4 and replayed[0][1].replayed_s > 0
     soup = WeightFusion(members, method="uniform_soup", bn_images=X[:3]).fit(X[2:3], y[2:3])
     assert soup.predict(X[3:])[0]["boxes"].shape[1] == 4
 

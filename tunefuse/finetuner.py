@@ -74,7 +74,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     Minimises Σ w_i·L(y_i, f(x_i)) / Σ w_i + weight decay + λ·L2-SP, with label smoothing, layer-wise lr decay and
     early stopping on a validation split that restores the best epoch. ``task``: 'text-classification' (texts ->
     labels; a classifier with ``predict_proba``), 'token-classification' (NER: word lists -> BIO tags, or raw texts ->
-    entity spans), 'question-answering' (extractive QA: SQuAD examples -> answer texts); see ``tunefuse.tasks``.
+    entity spans), 'question-answering' (extractive QA: SQuAD examples -> answer texts), 'image-classification',
+    'image-segmentation' (images -> masks), 'object-detection' (images -> boxes); see ``tunefuse.tasks``.
 
     >>> clf = Finetuner("minilm-l6", epochs=1, config_overrides={"num_hidden_layers": 1}, verbose=0)
     >>> clf.fit(["great dress", "awful fit", "love it", "poor quality"], [1, 0, 1, 0]).predict(["lovely"]).shape

@@ -126,6 +126,35 @@ def plot_masks(path, images, true_masks, pred_masks: dict, *, n: int = 6, title:
     return _save_png(fig, path, title)
 
 
+def plot_boxes(path, image, truth: dict | None, predictions: dict, *, min_score: float = 0.3, title: str = "",
+               window: tuple[int, int, int, int] | None = None) -> Path:
+    """One panel a model: the image with its boxes of score >= ``min_score`` (orange) over the true boxes (white),
+    written to ``path`` (PNG, atomic). ``window`` (x0, y0, x1, y1) zooms on a part of a large image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from .vision.images import load_rgb
+
+    rgb = load_rgb(image)
+    x0, y0, x1, y1 = window or (0, 0, rgb.shape[1], rgb.shape[0])
+    fig, axes = plt.subplots(1, len(predictions), figsize=(4.2 * len(predictions), 4.4), squeeze=False)
+    for ax, (name, pred) in zip(axes[0], predictions.items()):
+        ax.imshow(rgb[y0:y1, x0:x1], extent=(x0, x1, y1, y0))
+        ax.axis("off")
+        for b in ([] if truth is None else np.asarray(truth["boxes"])):
+            ax.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="white", lw=0.8))
+        shown = np.asarray(pred["scores"]) >= min_score
+        for b in np.asarray(pred["boxes"])[shown]:
+            ax.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="tab:orange", lw=1.0))
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y1, y0)
+        ax.set_title(f"{name}: {int(shown.sum())} boxes (score >= {min_score})", fontsize=8)
+    return _save_png(fig, path, title)
+
+
 def _save_png(fig, path, title: str = "") -> Path:
     """Title, lay out and write ``fig`` to ``path`` atomically (temp file, then rename: never a half-written
     picture), then close it."""

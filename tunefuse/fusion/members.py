@@ -123,21 +123,32 @@ class Cached:
     def __sklearn_is_fitted__(self) -> bool:
         return True
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        key = _digest(X)
+    def _replay(self, kind: str, X: Any, compute):
+        key = kind + _digest(X)
         if key in self._memo:
-            proba, seconds = self._memo[key]
+            out, seconds = self._memo[key]
             self.replayed_s += seconds
-            return proba
+            return out
         t0 = time.perf_counter()
-        proba = np.asarray(self.estimator.predict_proba(X))
-        self._memo[key] = (proba, time.perf_counter() - t0)
-        return proba
+        out = compute(X)
+        self._memo[key] = (out, time.perf_counter() - t0)
+        return out
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self._replay("proba", X, lambda X: np.asarray(self.estimator.predict_proba(X)))
+
+    def predict_scores(self, X: Any):
+        """The member's fusable scores (NER tag probabilities, QA spans, boxes), computed once per input."""
+        return self._replay("scores", X, self.estimator.predict_scores)
+
+    def predict(self, X: Any):
+        task = getattr(self.estimator, "task_", None)
+        if task is not None and not task.is_classifier:
+            X = task.check_X(X)
+            return task.decode(X, self.predict_scores(X), self.estimator.labels_)
         return np.asarray(self.estimator.classes_)[self.predict_proba(X).argmax(1)]
 
 
 def cached(members: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """Wrap each fitted member in :class:`Cached` (already-cached members are kept as they are)."""
-    return [(n, m if isinstance(m, Cached) else Cached(m)) for n, m in check_members(members)]
+    return [(n, m if isinstance(m, Cached) else Cached(m)) for n, m in check_members(members, required=("fit",))]
