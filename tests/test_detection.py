@@ -78,11 +78,53 @@ def test_tiles_cover_the_image_and_cut_boxes_follow_the_half_rule():
     assert crop_target(t, (0, 0, 155, 160))["labels"].tolist() == ["b"]  # a quarter of the first box: dropped
 
 
-def test_tile_merge_keeps_the_whole_box_over_its_cut_part():
+def test_tile_merge_restores_the_whole_box_from_its_cut_part():
+    # tile 0 sees the whole crown [0, 40]; tile 1 only its right half [20, 40], scored higher
     boxes = np.array([[0, 0, 40, 40], [20, 0, 40, 40], [100, 100, 120, 120]], np.float32)
-    keep = merge_tiles(boxes, np.array([0.9, 0.95, 0.5]), np.array([0, 0, 0]))
-    assert sorted(keep.tolist()) == [1, 2]  # IoU 0.5 would keep both halves; intersection over the smaller merges
-    assert sorted(merge_tiles(boxes, np.array([0.9, 0.95, 0.5]), np.array([0, 1, 0])).tolist()) == [0, 1, 2]
+    keep, merged = merge_tiles(boxes, np.array([0.9, 0.95, 0.5]), np.zeros(3), np.array([0, 1, 1]))
+    assert keep.tolist() == [1, 2] and merged.tolist() == [[0, 0, 40, 40], [100, 100, 120, 120]]
+    _, same_tile = merge_tiles(boxes, np.array([0.9, 0.95, 0.5]), np.zeros(3), np.zeros(3))
+    assert len(same_tile) == 3  # one tile's boxes stay as the model's own NMS kept them
+    _, other_class = merge_tiles(boxes, np.array([0.9, 0.95, 0.5]), np.array([0, 1, 0]), np.array([0, 1, 1]))
+    assert len(other_class) == 3
+
+
+def test_sliced_inference_maps_tile_boxes_back_to_image_pixels():
+    task = dataclasses.replace(TASK, tile=100, image_size=50)
+    wins = task.windows(120, 250)  # a strip: 3 x 2 windows, the last row and column flush with the border
+    assert wins[0] == (0, 0, 100, 100) and wins[-1] == (150, 20, 250, 120)
+
+    class Enc:  # what encode keeps for scores: per unit its image and window
+        example = np.zeros(len(wins), dtype=np.int64)
+        extra = {"windows": wins, "sizes": [(120, 250)], "processor": type("P", (), {"size": 50})()}
+
+    # every unit sees one box at input pixels (10, 10, 20, 20): image pixels (20, 20, 40, 40) + its window offset
+    units = [np.array([[10, 10, 20, 20, 0.9 - 0.1 * u, 0]], np.float32) for u in range(len(wins))]
+    d = task.scores([None], Enc(), units, np.array(["Tree"]))[0]
+    expected = {(x0 + 20, y0 + 20, x0 + 40, y0 + 40) for x0, y0, _, _ in wins}
+    assert {tuple(b) for b in d["boxes"].round().astype(int).tolist()} == expected and d["size"] == (120, 250)
+    small = task.unit_scale((0, 0, 60, 40), 50)  # a window smaller than a tile keeps the tiles' scale (padded)
+    assert small == [0.5, 0.5, 0.5, 0.5]
+
+
+def test_training_flips_move_boxes_with_the_pixels(crowns):
+    X, y = crowns
+    task = dataclasses.replace(TASK, tile=None, image_size=64)
+    from tunefuse.vision.images import ImageProcessor
+
+    enc = task.encode(ImageProcessor(size=64, crop=False), X[:1], 0, labels=np.array(["Tree"]), y=y[:1])
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    for _ in range(6):  # each draw flips or not; the marked pixel must stay inside its box
+        pixels = enc.extra["pixels"].clone()
+        b = enc.targets[0]["boxes"][0].round().long()
+        pixels[:] = 0
+        pixels[0, :, b[1]:b[3], b[0]:b[2]] = 255
+        inputs, targets = task.collate(type(enc)(ids=[], example=enc.example, extra=dict(enc.extra, pixels=pixels),
+                                                 targets=enc.targets), np.array([0]), 0, train=True)
+        x1, y1, x2, y2 = targets[0]["boxes"][0].round().long().tolist()
+        img = inputs["pixel_values"][0, 0]
+        assert img[y1:y2, x1:x2].mean() > img.mean() + 1  # the bright patch moved with its box
 
 
 def test_map_by_hand():
@@ -103,6 +145,26 @@ def test_weighted_boxes_fusion_averages_matched_boxes_and_nms_keeps_one():
     alone = fuse_boxes([a, {**b, "boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0)}],
                        [0.5, 0.5], (20, 20), "wbf", 0.55)
     assert alone["scores"][0] == pytest.approx(0.4)  # one of two members saw it: half the confidence
+    for method in ("wbf", "nms", "soft-nms"):  # a member of weight 0 takes no part (no NaN cluster, no 0-score box)
+        zero, only = fuse_boxes([a, b], [1.0, 0.0], (20, 20), method), fuse_boxes([a], [1.0], (20, 20), method)
+        np.testing.assert_allclose(zero["boxes"], only["boxes"])
+        np.testing.assert_allclose(zero["scores"], only["scores"])
+
+
+def test_soft_nms_decays_overlapping_scores_and_nms_keeps_no_overlapping_pair():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 80, (40, 2))
+    members = [{"boxes": np.c_[xy, xy + 15] + rng.normal(0, 2, (40, 4)), "scores": rng.uniform(0.1, 1, 40),
+                "labels": np.zeros(40, np.int64)} for _ in range(2)]
+    from tunefuse.vision.boxes import _iou, soft_nms
+
+    nms = fuse_boxes(members, [0.5, 0.5], (100, 100), "nms", 0.5)
+    for i, box in enumerate(nms["boxes"]):
+        assert (_iou(box, np.delete(nms["boxes"], i, 0)) < 0.5 + 1e-6).all()
+    pooled = [np.concatenate([m[k] for m in members]) for k in ("boxes", "scores", "labels")]
+    b, s, _ = soft_nms(*pooled, iou=0.5)
+    assert s.max() == pytest.approx(pooled[1].max()) and s.sum() < pooled[1].sum() - 1e-3  # overlaps decayed
+    assert len(b) == len(s) and (np.diff(fuse_boxes(members, [1, 1], (100, 100), "soft-nms")["scores"]) <= 0).all()
 
 
 def test_detector_fits_predicts_boxes_in_image_pixels_and_round_trips(detectors, crowns, tmp_path):
@@ -124,13 +186,25 @@ def test_detector_fits_predicts_boxes_in_image_pixels_and_round_trips(detectors,
 def test_same_seed_same_boxes(crowns):
     X, y = crowns
     a, b = (Finetuner("mobilenet-v2", epochs=1, **KW).fit(X[:2], y[:2]).predict(X[3:]) for _ in range(2))
+    assert len(a[0]["boxes"]) > 0
     np.testing.assert_array_equal(a[0]["boxes"], b[0]["boxes"])
+    np.testing.assert_array_equal(a[0]["scores"], b[0]["scores"])
 
 
 def test_lora_detector_trains_adapters_and_the_new_heads(crowns):
     X, y = crowns
     m = Finetuner("mobilenet-v2", "lora", epochs=1, **KW).fit(X[:2], y[:2])
+    start = m.pretrained_model().state_dict()
+    now = m.model_.state_dict()
     assert m.predict(X[3:])[0]["boxes"].shape[1] == 4 and not hasattr(m.model_, "peft_config")
+    changed = lambda prefix: any(not torch_equal(now[k], start[k]) for k in now if k.startswith(prefix))  # noqa
+    assert changed("roi_heads.") and changed("rpn.") and changed("fpn.")  # the new modules train in full
+    depthwise = [k for k in now if k.startswith("backbone.") and k.endswith("1.0.weight") and now[k].shape[1] == 1]
+    assert depthwise and all(torch_equal(now[k], start[k]) for k in depthwise)  # LoRA leaves these frozen
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
 
 
 def test_box_fusions_and_weight_fusion_of_detectors(detectors, crowns):
@@ -151,6 +225,9 @@ def test_box_fusions_and_weight_fusion_of_detectors(detectors, crowns):
     assert replayed[0][1].predict(X[3:])[0]["boxes"].shape[1] == 4 and replayed[0][1].replayed_s > 0
     soup = WeightFusion(members, method="uniform_soup", bn_images=X[:3]).fit(X[2:3], y[2:3])
     assert soup.predict(X[3:])[0]["boxes"].shape[1] == 4
+    m = detectors["mnv2_0"]
+    self_soup = WeightFusion([("a", m), ("b", m)], method="uniform_soup", bn_images=X[:3]).fit(X[2:3], y[2:3])
+    np.testing.assert_allclose(self_soup.predict(X[3:])[0]["boxes"], m.predict(X[3:])[0]["boxes"], atol=1e-3)
 
 
 def test_test_time_augmentation_flips_boxes_back(detectors, crowns):
@@ -170,6 +247,8 @@ def test_test_time_augmentation_flips_boxes_back(detectors, crowns):
     ({"boxes": [[10, 10, 20, 20]], "labels": ["Tree", "Tree"]}, "1 boxes but labels of shape"),
     ({"labels": ["Tree"]}, "has keys \\['labels'\\]"),
     ([[0.1, 0.1, 0.5]], "boxes have shape"),
+    ({"boxes": [[1, 2, 3, 4], [1, 2]], "labels": ["Tree", "Tree"]}, "boxes have shape ragged"),
+    ({"boxes": [[0.1, 0.1, 0.5, 0.5]], "labels": ["Tree"]}, "look normalised.*multiply x by the width"),
 ])
 def test_bad_boxes_name_the_image_and_the_fix(crowns, target, match):
     X, y = crowns
@@ -189,4 +268,17 @@ def test_detection_input_errors(detectors, crowns):
         detectors["mnv2_0"].score(X[3:], [{"boxes": [[1, 1, 9, 9]], "labels": ["Car"]}])
     with pytest.raises(ValueError, match="box_fusion='mean' is invalid"):
         dataclasses.replace(TASK, box_fusion="mean")
+    with pytest.raises(ValueError, match="1 example.*leaves none; fix: pass X_val"):
+        Finetuner("mobilenet-v2", **dict(KW, early_stopping=True)).fit(X[:1], y[:1])
+    with pytest.raises(ValueError, match="features\\(\\) returns a linear head's inputs"):
+        detectors["mnv2_0"].features(X[3:])
+
+
+def test_early_stopping_on_validation_map_keeps_the_best_epoch(crowns):
+    X, y = crowns
+    m = Finetuner("mobilenet-v2", **dict(KW, early_stopping=True, epochs=2)).fit(X[:2], y[:2], X_val=X[2:3],
+                                                                               y_val=y[2:3])
+    scores = [h["val_score"] for h in m.history_]
+    assert len(scores) == 2 and all(0 <= v <= 1 for v in scores)
+    assert m.score(X[2:3], y[2:3]) == pytest.approx(max(scores), abs=1e-6)  # the best epoch's weights restored
     assert as_targets([np.zeros((0, 4))], [(10, 10)])[0]["boxes"].shape == (0, 4)

@@ -193,7 +193,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                              f"template=None for task={task.name!r}")
         if get_strategy(self.strategy).probe and not getattr(task, "probe_applies", True):
             raise ValueError(f"strategy={self.strategy!r} starts with a linear probe, but task={task.name!r} has a "
-                             "non-linear head (a segmentation decoder); fix: use strategy='full' or 'lora'")
+                             "non-linear head (a segmentation decoder, a detector); fix: use strategy='full' or 'lora'")
         if task.modality != "text" and self.freeze_embeddings:
             raise ValueError(f"freeze_embeddings=True applies to text backbones only; fix: pass "
                              f"freeze_embeddings=False for task={task.name!r}")
@@ -253,6 +253,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         y_val = task.check_y(y_val, X_val, "y_val")
         if task.is_classifier:
             encode_labels(y_val, labels, "y_val")  # an unseen label is an error here, not a silent miss later
+        elif labels is not None and hasattr(task, "check_known"):
+            task.check_known(y_val, labels, "y_val")
         return X_val, y_val
 
     def _fit_examples(self, X, target, labels, w, val) -> None:
@@ -263,6 +265,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             if "y" not in target:
                 raise ValueError("early stopping needs validation data for soft targets; fix: pass X_val and y_val, "
                                  "or early_stopping=False")
+            if len(X) < 2 or round(len(X) * self.validation_fraction) < 1:
+                raise ValueError(f"early stopping needs a validation split, but {len(X)} example(s) x "
+                                 f"validation_fraction={self.validation_fraction} leaves none; fix: pass X_val and "
+                                 "y_val, or early_stopping=False")
             strat = None
             if task.is_classifier:
                 _, inv, counts = np.unique(target["y"], return_inverse=True, return_counts=True)
@@ -361,7 +367,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         loop's settings), and bf16 inference, 1.2-1.7x faster, flips 1-4 % of MobileNetV2's test predictions and
         31 % of an EfficientNet-Lite0's (0.922 fp32 -> 0.689 bf16 accuracy): errors add up through BatchNorm and
         depthwise layers as they do not through a 6-layer transformer."""
-        if self.task_.modality == "vision" and self.precision == "auto" and self.device_.type == "cpu":
+        if self.task_.modality == "vision" and self.precision == "auto" and (
+                self.device_.type == "cpu" or not getattr(self.task_, "bf16_safe", True)):
             return "fp32"
         return resolve_precision(self.precision, self.device_)
 
@@ -442,8 +449,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         cfg = LoopConfig(epochs=epochs, batch_size=self.batch_size, max_grad_norm=self.max_grad_norm, l2sp=self.l2sp,
                          patience=self.patience if stop else None, seed=self.random_state)
         anchor = None
-        if self.l2sp > 0:  # L2-SP anchors the pretrained backbone; the new head has no anchor
-            head_ids = {id(p) for p in head_module(module, self.task_.head_names)[1].parameters()}
+        if self.l2sp > 0:  # L2-SP anchors the pretrained backbone; the new head modules have no anchor
+            base = module.get_base_model() if hasattr(module, "get_base_model") else module
+            head_ids = {id(p) for n in self.task_.head_names if isinstance(getattr(base, n, None), torch.nn.Module)
+                        for p in getattr(base, n).parameters()}
             anchor = {id(p): p.detach().clone() for p in params if id(p) not in head_ids}
         trainable = [(k, p) for k, p in module.named_parameters() if p.requires_grad]
 
@@ -593,6 +602,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         """Frozen-backbone head inputs of ``X`` (one vector per text; per token for token and span tasks): what the
         probe fits on. Cached per backbone and shared by members."""
         check_is_fitted(self, "model_")
+        if not getattr(self.task_, "probe_applies", True):
+            raise ValueError(f"features() returns a linear head's inputs; task={self.task_.name!r} has no linear "
+                             "head (a segmentation decoder, a detector); fix: use model_.backbone(pixels) for its "
+                             "feature maps")
         feats = self._unit_features(self._encode(self.task_.check_X(X)))
         return np.concatenate(feats) if self.task_.is_classifier else feats
 
@@ -634,12 +647,13 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     def recalibrate_batchnorm(self, X) -> int:
         """Re-estimate the BatchNorm running statistics on inputs ``X`` (no labels): what a weight-space merge of
         BatchNorm models needs, since averaged statistics do not describe averaged weights. Returns the number of
-        BatchNorm layers (0 for transformers, and for a pretrained frozen backbone, which keeps its own)."""
+        BatchNorm layers re-estimated: 0 for transformers, for a pretrained frozen backbone, and for a task that
+        trains with frozen statistics (a detector's ``batchnorm="frozen"``: its weights were tuned to ImageNet's)."""
         from .vision.models import recalibrate_batchnorm
 
         check_is_fitted(self, "model_")
-        if self.frozen_backbone_ or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                            for m in self.model_.modules()):
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model_.modules())
+        if self.frozen_backbone_ or getattr(self.task_, "batchnorm", None) == "frozen" or not has_bn:
             return 0
         enc = self._encode(self.task_.check_X(X))
         batches = predict_batches(enc.lengths(), PREDICT_TOKENS)
@@ -663,8 +677,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     def _entry(record: dict):
         entry = get_task(record["name"])
         names = {f.name for f in dataclasses.fields(entry)}
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in record.get("options", {}).items()
-                   if k in names}
+        deep = lambda v: tuple(deep(x) for x in v) if isinstance(v, list) else v  # noqa: E731 (JSON lists -> tuples)
+        options = {k: deep(v) for k, v in record.get("options", {}).items() if k in names}
         return dataclasses.replace(entry, **options)
 
     def _task_record(self) -> dict:

@@ -93,11 +93,25 @@ def member_proba(members: list[tuple[str, Any]], X: Any) -> np.ndarray:
 
 
 def _digest(X: Any) -> str:
-    arr = np.asarray(X, dtype=object).ravel()
-    h = hashlib.sha1(str(np.shape(X)).encode())
-    for v in arr:
-        h.update(repr(v).encode())
+    """A content hash of an input: arrays by their bytes (images), other items by their repr (texts, paths)."""
+    h = hashlib.sha1()
+
+    def add(v) -> None:
+        if isinstance(v, np.ndarray) and v.dtype != object:
+            h.update(f"{v.shape}{v.dtype.str}".encode())
+            h.update(np.ascontiguousarray(v).tobytes())
+        elif isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.dtype == object):
+            h.update(f"[{len(v)}".encode())
+            for x in v:
+                add(x)
+            h.update(b"]")
+        elif hasattr(v, "to_numpy") and hasattr(v, "shape"):  # DataFrame, Series
+            add(np.asarray(v.to_numpy(), dtype=object))
+        else:
+            h.update(repr(v).encode())
         h.update(b"\x1f")
+
+    add(X)
     return h.hexdigest()
 
 

@@ -9,7 +9,7 @@ soft-NMS: ``box_fusion``). The metric is COCO mAP@[.5:.95] (torchmetrics over fa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from ..vision.images import ImageProcessor, load_rgb, pixel_keys
 from .base import Encoded, check_weights, encode_labels
 from .image_classification import PIXELS_PER_TOKEN, ImageClassification
 
+PAD_RGB = (124, 116, 104)  # ImageNet's mean colour: a padded tile margin normalises to about 0
 # detections per image the metric reads: a whole aerial image holds hundreds of crowns (COCO's 100 is for photos)
 MAX_DETECTIONS = 1000
 
@@ -46,8 +47,8 @@ def mean_average_precision(y_true: Sequence[dict], y_pred: Sequence[dict]) -> di
                              max_detection_thresholds=[1, 10, MAX_DETECTIONS])
     m.warn_on_many_detections = False  # beyond MAX_DETECTIONS an image's lowest-scored boxes are not read
     m.update(rows(y_pred, True), rows(y_true, False))
-    res = m.compute()
-    return {"map": float(res["map"]), "map_50": float(res["map_50"]), "map_75": float(res["map_75"])}
+    res = m.compute()  # COCO reports -1 where no image has a true box: no truth to find scores 0, not -1
+    return {k: max(0.0, float(res[k])) for k in ("map", "map_50", "map_75")}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class ObjectDetection(ImageClassification):
     probe_applies: bool = False  # a region proposal network and RoI heads: no linear head to probe
     weighted_loss: bool = False  # torchvision's losses are means over sampled anchors of the whole batch
     metric_name: str = "mAP@[.5:.95]"
+    # bf16 would round anchors and box coordinates (every 2nd pixel from 256 px on): "auto" keeps detectors in fp32
+    bf16_safe: ClassVar[bool] = False
     # AdamW on the whole detector (backbone, new FPN, RPN, RoI heads); tree crowns (bench/tasks_vision.py):
     default_lrs: tuple = (("full", 3e-4), ("lora", 1e-3))
     batchnorm: str = "frozen"  # a batch is a few tiles: statistics stay ImageNet's (Detectron2's FrozenBatchNorm)
@@ -118,29 +121,45 @@ class ObjectDetection(ImageClassification):
     def windows(self, h: int, w: int) -> list[tuple[int, int, int, int]]:
         return tiles(h, w, self.tile, self.tile_overlap) if self.tile else [(0, 0, w, h)]
 
+    def unit_scale(self, window: tuple[int, int, int, int], side: int) -> list[float]:
+        """Network-input pixels per image pixel (x, y, x, y) of a unit: tiles share one scale, an untiled image is
+        resized whole to the square."""
+        x0, y0, x1, y1 = window
+        if self.tile:
+            return [side / self.tile] * 4
+        return [side / (x1 - x0), side / (y1 - y0)] * 2
+
     def encode(self, processor, X: list, max_length: int, *, labels=None, y=None, soft=None,
                template: str | None = None) -> Encoded:
         """One unit per tile (per image without ``tile``): decoded, cut, resized once (uint8, in memory)."""
         if soft is not None:
             raise ValueError("detection cannot be distilled from soft targets; fix: fit the student on the fused "
-                             "boxes, e.g. student.fit(X, fusion.predict(X))")
+                             "boxes above a score threshold (pseudo-labels), e.g. student.fit(X, [{'boxes': "
+                             "p['boxes'][p['scores'] > 0.5], 'labels': p['labels'][p['scores'] > 0.5]} for p in "
+                             "fusion.predict(X)])")
         sizes = processor.sizes(X)
         pixels, example, windows, targets = [], [], [], []
         s = processor.size
         for i, (src, (h, w)) in enumerate(zip(X, sizes)):
             wins = self.windows(h, w)
-            if wins == [(0, 0, w, h)]:
+            if not self.tile:
                 pixels.append(processor([src]))
-            else:
+            else:  # every tile at one scale: a window smaller than a tile (a small image) is padded, not stretched
                 rgb = load_rgb(src, f"X[{i}]")
-                pixels.append(processor([rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in wins]))
+                crops = []
+                for x0, y0, x1, y1 in wins:
+                    crop = np.empty((self.tile, self.tile, 3), np.uint8)
+                    crop[:] = PAD_RGB
+                    crop[: y1 - y0, : x1 - x0] = rgb[y0:y1, x0:x1]
+                    crops.append(crop)
+                pixels.append(processor(crops))
             for win in wins:
                 example.append(i)
                 windows.append(win)
                 if y is not None:
                     x0, y0, x1, y1 = win
                     t = crop_target(y[i], win, self.min_visible) if self.tile else y[i]
-                    scale = np.array([s / (x1 - x0), s / (y1 - y0)] * 2, dtype=np.float32)
+                    scale = np.array(self.unit_scale(win, s), dtype=np.float32)
                     idx = encode_labels(list(t["labels"]), labels, f"y[{i}]")
                     targets.append({"boxes": torch.as_tensor(np.asarray(t["boxes"]) * scale).reshape(-1, 4),
                                     "labels": torch.as_tensor(idx + 1, dtype=torch.int64)})  # 0: background
@@ -194,16 +213,21 @@ class ObjectDetection(ImageClassification):
         s = enc.extra["processor"].size
         per_image: list[list] = [[] for _ in X]
         for u, det in enumerate(unit_logits):
-            x0, y0, x1, y1 = enc.extra["windows"][u]
+            win = enc.extra["windows"][u]
+            x0, y0, x1, y1 = win
             d = np.asarray(det, dtype=np.float32).reshape(-1, 6)
-            d[:, :4] = d[:, :4] * np.array([(x1 - x0) / s, (y1 - y0) / s] * 2) + np.array([x0, y0, x0, y0])
-            per_image[enc.example[u]].append(d)
+            d[:, :4] = d[:, :4] / np.array(self.unit_scale(win, s)) + np.array([x0, y0, x0, y0])
+            d[:, :4] = np.clip(d[:, :4], [x0, y0, x0, y0], [x1, y1, x1, y1])  # a padded tile's margin is no image
+            per_image[enc.example[u]].append(np.concatenate([d, np.full((len(d), 1), u, np.float32)], 1))
         out = []
         for i, parts in enumerate(per_image):
-            d = np.concatenate(parts) if parts else np.zeros((0, 6), np.float32)
+            d = np.concatenate(parts) if parts else np.zeros((0, 7), np.float32)
             if len(parts) > 1:
-                d = d[merge_tiles(d[:, :4], d[:, 4], d[:, 5], self.tile_merge)]
-            d = d[np.argsort(-d[:, 4], kind="stable")]
+                keep, merged = merge_tiles(d[:, :4], d[:, 4], d[:, 5], d[:, 6], self.tile_merge)
+                d = d[keep]
+                d[:, :4] = merged
+            d = d[np.argsort(-d[:, 4], kind="stable"), :6]
+            d = d[(d[:, 2] > d[:, 0]) & (d[:, 3] > d[:, 1])]
             out.append({"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].astype(np.int64),
                         "size": tuple(enc.extra["sizes"][i])})
         return out

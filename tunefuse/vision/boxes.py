@@ -44,13 +44,17 @@ def as_targets(y: Any, sizes: Sequence[tuple[int, int]], param: str = "y", names
             boxes, labels = t, None
         try:
             b = np.asarray(boxes, dtype=np.float64)
-        except (TypeError, ValueError):
-            b = np.zeros((0, 3))
+            shape = str(b.shape)
+        except (TypeError, ValueError):  # ragged rows
+            b, shape = np.zeros((0, 3)), f"ragged (rows of {sorted({len(r) for r in boxes})} numbers)"
         if b.size == 0 and b.ndim <= 2 and (b.ndim < 2 or b.shape[-1] in (0, 4)):
             b = np.zeros((0, 4))
         if b.ndim != 2 or b.shape[1] != 4 or not np.isfinite(b).all():
-            raise ValueError(f"{where}: boxes have shape {np.shape(boxes)}; fix: pass a (k, 4) array of finite "
+            raise ValueError(f"{where}: boxes have shape {shape}; fix: pass a (k, 4) array of finite "
                              "x1, y1, x2, y2 pixel coordinates")
+        if len(b) and b.max() <= 1.0 and min(h, w) > 16:
+            raise ValueError(f"{where}: every box lies in [0, 1] on a {w} x {h} image: they look normalised; fix: "
+                             "multiply x by the width and y by the height to get pixels")
         lab = np.array(["object"] * len(b), dtype=object) if labels is None else np.asarray(labels, dtype=object)
         if lab.shape != (len(b),):
             raise ValueError(f"{where} has {len(b)} boxes but labels of shape {lab.shape}; pass one label per box")
@@ -120,6 +124,10 @@ def read_coco(json_path, image_root=None, masks: bool = False) -> tuple[list[str
         if masks:
             targets.append(_coco_mask(rows, int(im["height"]), int(im["width"]), str(json_path)))
             continue
+        unknown = sorted({a.get("category_id") for a in rows} - set(cats))
+        if unknown:
+            raise ValueError(f"{str(json_path)!r}: annotations use category ids {unknown[:5]} that 'categories' does "
+                             f"not list (it has {sorted(cats)[:10]}); fix the file")
         b = np.array([a["bbox"] for a in rows], dtype=np.float32).reshape(-1, 4)
         b[:, 2:] += b[:, :2]
         targets.append({"boxes": b, "labels": np.array([cats[a["category_id"]] for a in rows], dtype=object)})
@@ -129,14 +137,15 @@ def read_coco(json_path, image_root=None, masks: bool = False) -> tuple[list[str
 def _coco_mask(anns: list, h: int, w: int, where: str) -> np.ndarray:
     from PIL import Image, ImageDraw
 
-    canvas = Image.new("I", (w, h), 0)
-    draw = ImageDraw.Draw(canvas)
-    out = None
+    out = np.zeros((h, w), np.int64)
     for a in sorted(anns, key=lambda a: -a.get("area", 0)):  # small objects drawn last stay visible
         seg = a.get("segmentation")
         if isinstance(seg, list):
+            canvas = Image.new("L", (w, h), 0)
+            draw = ImageDraw.Draw(canvas)
             for poly in seg:
-                draw.polygon([(poly[i], poly[i + 1]) for i in range(0, len(poly) - 1, 2)], fill=int(a["category_id"]))
+                draw.polygon([(poly[i], poly[i + 1]) for i in range(0, len(poly) - 1, 2)], fill=1)
+            m = np.asarray(canvas, dtype=bool)
         elif isinstance(seg, dict):
             try:
                 from faster_coco_eval.core import mask as mask_utils
@@ -145,11 +154,10 @@ def _coco_mask(anns: list, h: int, w: int, where: str) -> np.ndarray:
                                  "faster-coco-eval") from e
             rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg.get("counts"), list) else seg
             m = mask_utils.decode(rle).astype(bool)
-            out = np.asarray(canvas, dtype=np.int64) if out is None else out
-            out[m] = int(a["category_id"])
-            canvas = Image.fromarray(out.astype(np.int32), mode="I")
-            draw = ImageDraw.Draw(canvas)
-    return np.asarray(canvas, dtype=np.int64)
+        else:
+            continue
+        out[m] = int(a["category_id"])
+    return out
 
 
 def tiles(h: int, w: int, size: int, overlap: float) -> list[tuple[int, int, int, int]]:
@@ -178,60 +186,116 @@ def crop_target(target: dict, window: tuple[int, int, int, int], min_visible: fl
     return {"boxes": (c[keep] - [x0, y0, x0, y0]).astype(np.float32), "labels": np.asarray(target["labels"])[keep]}
 
 
-def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Indices of the boxes kept when overlapping tiles' detections are merged: greedy suppression, per class, by
-    intersection over the *smaller* box (a crown cut by one tile's border is a part of the whole crown another tile
-    sees; their IoU can be low while the part lies inside the whole). SAHI's matching metric; written by hand because
-    torchvision's NMS only knows IoU."""
-    import torch
+def _ios(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Intersection of ``box`` with each of ``others`` over the smaller of the two areas."""
+    lt, rb = np.maximum(box[:2], others[:, :2]), np.minimum(box[2:], others[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / np.maximum(np.minimum(area(box), area(others)), 1e-9)
 
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    b = torch.as_tensor(boxes, dtype=torch.float32)
-    order = torch.as_tensor(np.argsort(-scores, kind="stable"))
-    b = b[order]
-    lab = torch.as_tensor(np.asarray(labels))[order]
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt, rb = torch.max(b[:, None, :2], b[None, :, :2]), torch.min(b[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    ios = inter / torch.min(area[:, None], area[None, :]).clamp(min=1e-9)
-    overlap = (ios > threshold) & (lab[:, None] == lab[None, :])
-    keep = torch.ones(len(b), dtype=torch.bool)
-    for i in range(len(b)):  # boxes in score order: a kept box suppresses every lower-scored match
-        if keep[i]:
-            later = overlap[i].clone()
-            later[: i + 1] = False
-            keep &= ~later
-    return order[keep].numpy()
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    lt, rb = np.maximum(box[:2], others[:, :2]), np.minimum(box[2:], others[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / np.maximum(area(box) + area(others) - inter, 1e-9)
+
+
+def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile: np.ndarray,
+                threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the detections of overlapping tiles: (kept indices, their boxes). Greedy by score, a box absorbs every
+    lower-scored box of the same class *from another tile* whose intersection over the smaller box exceeds
+    ``threshold``, and grows to their union: a crown cut by one tile's border is a part of the whole crown the next
+    tile sees (low IoU, the part inside the whole), and the union restores the whole. Boxes of one tile are left as
+    the model's own NMS kept them. SAHI's greedy merge; written by hand because torchvision's NMS only knows IoU and
+    suppresses rather than merges. Memory O(n), one pass per kept box."""
+    n = len(boxes)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 4), np.float32)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    b = np.asarray(boxes, dtype=np.float32)[order].copy()
+    lab, til = np.asarray(labels)[order], np.asarray(tile)[order]
+    alive = np.ones(n, dtype=bool)
+    kept, out = [], []
+    for i in range(n):
+        if not alive[i]:
+            continue
+        alive[i] = False
+        rest = np.flatnonzero(alive)
+        match = rest[(lab[rest] == lab[i]) & (til[rest] != til[i])]
+        if len(match):
+            match = match[_ios(b[i], b[match]) > threshold]
+        box = b[i].copy()
+        if len(match):
+            box[:2] = np.minimum(box[:2], b[match, :2].min(0))
+            box[2:] = np.maximum(box[2:], b[match, 2:].max(0))
+            alive[match] = False
+        kept.append(order[i])
+        out.append(box)
+    return np.asarray(kept, dtype=np.int64), np.stack(out).astype(np.float32)
+
+
+def soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = 0.5,
+             min_score: float = 1e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear soft-NMS (Bodla et al., 2017): per class, the best box stays and each box overlapping it by IoU >= ``iou``
+    has its score multiplied by (1 - IoU); boxes below ``min_score`` are dropped. Returns the decayed scores. Written
+    by hand because ensemble-boxes 1.0.9's ``soft_nms`` returns the undecayed scores (so it suppresses nothing)."""
+    boxes, scores, labels = np.asarray(boxes, np.float64), np.asarray(scores, np.float64).copy(), np.asarray(labels)
+    keep_b, keep_s, keep_l = [], [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        b, s = boxes[idx], scores[idx]
+        while len(s):
+            i = int(np.argmax(s))
+            keep_b.append(b[i])
+            keep_s.append(s[i])
+            keep_l.append(c)
+            b, s = np.delete(b, i, 0), np.delete(s, i)
+            if not len(s):
+                break
+            o = _iou(keep_b[-1], b)
+            s = np.where(o >= iou, s * (1 - o), s)
+            b, s = b[s >= min_score], s[s >= min_score]
+    if not keep_b:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=labels.dtype)
+    return np.stack(keep_b), np.asarray(keep_s), np.asarray(keep_l)
 
 
 def fuse_boxes(per_member: Sequence[dict], weights: Sequence[float], size: tuple[int, int], method: str = "wbf",
                iou: float = 0.55, skip: float = 0.0) -> dict:
-    """Fuse several members' detections of one image: weighted boxes fusion (Solovyev et al., 2021), NMS or
-    soft-NMS of the pooled boxes, with ``ensemble-boxes``'s implementations (coordinates normalised to [0, 1])."""
-    from ensemble_boxes import nms, soft_nms, weighted_boxes_fusion
+    """Fuse several members' detections of one image: weighted boxes fusion (Solovyev et al., 2021, with
+    ``ensemble-boxes``'s implementation: coordinates normalised to [0, 1]), NMS of the pooled boxes (its ``nms``), or
+    linear soft-NMS of the pooled boxes (:func:`soft_nms`). Members of weight 0 take no part; pooled boxes carry
+    their score times their member's weight over the largest weight. Sorted by score."""
+    from ensemble_boxes import nms, weighted_boxes_fusion
 
     h, w = size
     scale = np.array([w, h, w, h], dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
     boxes = [np.clip(np.asarray(d["boxes"], dtype=np.float64).reshape(-1, 4) / scale, 0, 1) for d in per_member]
     scores = [np.asarray(d["scores"], dtype=np.float64) for d in per_member]
     labels = [np.asarray(d["labels"], dtype=np.int64) for d in per_member]
-    used = [i for i, b in enumerate(boxes) if len(b)]
+    used = [i for i, b in enumerate(boxes) if len(b) and weights[i] > 0]
+    empty = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
+             "labels": np.zeros(0, np.int64), "size": tuple(size)}
     if not used:
-        return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
-                "labels": np.zeros(0, np.int64), "size": tuple(size)}
+        return empty
     args = ([boxes[i] for i in used], [scores[i] for i in used], [labels[i] for i in used])
     wts = [float(weights[i]) for i in used]
     if method == "wbf":
         b, s, lab = weighted_boxes_fusion(*args, weights=wts, iou_thr=iou, skip_box_thr=skip)
-        s = s * sum(wts) / float(np.sum(weights))  # members that saw no box at all still vote "no box"
+        s = s * sum(wts) / float(weights.sum())  # members that saw no box at all still vote "no box"
     elif method == "nms":
         b, s, lab = nms(*args, weights=wts, iou_thr=iou)
     elif method == "soft-nms":
-        b, s, lab = soft_nms(*args, weights=wts, iou_thr=iou, sigma=0.5, thresh=max(skip, 1e-3))
+        top = max(wts)
+        b, s, lab = soft_nms(np.concatenate(args[0]), np.concatenate([sc * wt / top for sc, wt in zip(args[1], wts)]),
+                             np.concatenate(args[2]), iou, min_score=max(skip, 1e-3))
     else:
         raise ValueError(f"box_fusion={method!r} is not one of {list(FUSIONS)}")
-    return {"boxes": (b * scale).astype(np.float32), "scores": s.astype(np.float32), "labels": lab.astype(np.int64),
+    order = np.argsort(-np.asarray(s), kind="stable")
+    return {"boxes": (np.asarray(b).reshape(-1, 4)[order] * scale).astype(np.float32),
+            "scores": np.asarray(s)[order].astype(np.float32), "labels": np.asarray(lab)[order].astype(np.int64),
             "size": tuple(size)}
 
 

@@ -249,8 +249,14 @@ class ObjectDetector(nn.Module):
         if len(layers) < 2:
             raise ValueError(f"backbone {spec['arch']!r} declares no feature layers, so a detection head cannot "
                              "attach; fix: use 'mobilenet-v2' or 'efficientnet-lite0', or pass config_overrides="
-                             "{'feature_layers': ['<stride-8 module>', '<stride-16 module>', '<last module>']}")
+                             "{'feature_layers': ['<stride-8 module>', '<stride-16 module>', '<last module>']} (the "
+                             "pyramid's last level is always the backbone's output)")
         self.backbone = build_features(spec)
+        missing = [n for n in layers[:-1] if n not in dict(self.backbone.named_modules())]
+        if missing:
+            names = [n for n, _ in self.backbone.named_children()][:8]
+            raise ValueError(f"feature_layers names {missing} that backbone {spec['arch']!r} does not have; valid "
+                             f"names are model.backbone's modules, e.g. {names}")
         head = dict(channels=channels, box_width=box_width, anchor_sizes=[list(a) for a in anchor_sizes],
                     aspect_ratios=list(aspect_ratios), detections_per_image=detections_per_image,
                     score_threshold=score_threshold)
@@ -264,7 +270,8 @@ class ObjectDetector(nn.Module):
         sizes = tuple(tuple(a) for a in anchor_sizes)
         if len(sizes) != levels:
             raise ValueError(f"anchor_sizes={anchor_sizes!r} has {len(sizes)} levels but the pyramid has {levels} "
-                             f"(strides 8, 16, 32, 64); fix: pass {levels} tuples of anchor sides in input pixels")
+                             f"(one per feature layer, then a pooled one); fix: pass the task option anchor_sizes as "
+                             f"{levels} tuples of anchor sides in input pixels")
         if len({len(a) for a in sizes}) != 1:
             raise ValueError(f"anchor_sizes={anchor_sizes!r}: every level needs as many sizes (one RPN head serves "
                              "all levels); fix: e.g. ((16, 24), (32, 48), (64, 96), (128, 256))")
