@@ -100,7 +100,7 @@ def test_only_classification_is_a_classifier(fitted):
     ner = fitted["token-classification", "head"]
     assert not is_classifier(ner) and not hasattr(ner, "predict_proba") and not hasattr(ner, "classes_")
     assert is_classifier(Finetuner()) and hasattr(Finetuner(), "predict_proba")
-    assert sorted(TASKS) == ["image-classification", "image-segmentation", "question-answering",
+    assert sorted(TASKS) == ["image-classification", "image-segmentation", "object-detection", "question-answering",
                              "text-classification", "token-classification"]
     assert not is_classifier(Finetuner(task="image-segmentation")) and is_classifier(Finetuner(task="image"))
 

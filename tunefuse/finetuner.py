@@ -265,10 +265,9 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             if "y" not in target:
                 raise ValueError("early stopping needs validation data for soft targets; fix: pass X_val and y_val, "
                                  "or early_stopping=False")
-            if len(X) < 2 or round(len(X) * self.validation_fraction) < 1:
-                raise ValueError(f"early stopping needs a validation split, but {len(X)} example(s) x "
-                                 f"validation_fraction={self.validation_fraction} leaves none; fix: pass X_val and "
-                                 "y_val, or early_stopping=False")
+            if len(X) < 2:
+                raise ValueError(f"early stopping needs a validation split, but {len(X)} example cannot be split; "
+                                 "fix: pass X_val and y_val, or early_stopping=False")
             strat = None
             if task.is_classifier:
                 _, inv, counts = np.unique(target["y"], return_inverse=True, return_counts=True)
