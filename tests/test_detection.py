@@ -1,7 +1,8 @@
 """Object detection on the real tree-crown images of deepforest's package data, with a pretrained MobileNetV2.
 
 Tiny settings: 160 px crops of OSBS_029 (61 crowns in 400 x 400) cut into 96 px tiles, resized to 64 px; the
-models are barely trained, so the tests check plumbing, geometry, fusion and errors, not accuracy.
+models are barely trained, so the tests check plumbing, geometry, fusion and errors, not accuracy. The tests that
+fit detectors are marked slow: the fast subset keeps the readers, geometry, fusion rules and box checks.
 """
 import dataclasses
 import json
@@ -167,6 +168,7 @@ def test_soft_nms_decays_overlapping_scores_and_nms_keeps_no_overlapping_pair():
     assert len(b) == len(s) and (np.diff(fuse_boxes(members, [1, 1], (100, 100), "soft-nms")["scores"]) <= 0).all()
 
 
+@pytest.mark.slow
 def test_detector_fits_predicts_boxes_in_image_pixels_and_round_trips(detectors, crowns, tmp_path):
     X, y = crowns
     m = detectors["mnv2_0"]
@@ -233,6 +235,7 @@ def test_box_fusions_and_weight_fusion_of_detectors(detectors, crowns):
     np.testing.assert_allclose(self_soup.predict(X[3:])[0]["boxes"], m.predict(X[3:])[0]["boxes"], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_test_time_augmentation_flips_boxes_back(detectors, crowns):
     X, _ = crowns
     m = detectors["mnv2_0"]
@@ -259,6 +262,7 @@ def test_bad_boxes_name_the_image_and_the_fix(crowns, target, match):
         Finetuner("mobilenet-v2", epochs=1, **KW).fit(X[:2], [y[0], target])
 
 
+@pytest.mark.slow
 def test_detection_input_errors(detectors, crowns):
     X, y = crowns
     with pytest.raises(ValueError, match="y=None: detection needs one target per image"):
