@@ -37,10 +37,11 @@ best member and WBF over every member's TTA, the uniform soup of the MobileNetV2
 block bootstrap over 4 x 4 cells of it. No plain-torchvision row for detection and segmentation: the detector is
 torchvision's own modules, so such a loop would measure the training loop only, which the classification row does.
 
-    python bench/tasks_vision.py            # about 85 minutes on 2 cores; a rerun reuses the saved members
-    python bench/tasks_vision.py --quick    # about 25 minutes: 800 train (200 validate), 1,000 test, 3 epochs,
-                                            # two MobileNetV2 seeds and one EfficientNet-Lite0; 300 scenes;
-                                            # 8 epochs of three detectors
+    python bench/tasks_vision.py            # about 90 minutes on 2 cores (detection 43, segmentation 17,
+                                            # classification about 30); a rerun reuses the saved members
+    python bench/tasks_vision.py --quick    # about 25 minutes (detection 11): 800 train (200 validate),
+                                            # 1,000 test, 3 epochs, two MobileNetV2 seeds and one
+                                            # EfficientNet-Lite0; 300 scenes; 8 epochs of three detectors
     python bench/tasks_vision.py --tasks det,seg
 Fitted members are kept under --run-dir/<sizes and a hash of the data and settings>/<row>/ (safetensors + JSON),
 the fit-time rounds in speed.json beside them; --fresh refits and reruns them.
