@@ -186,19 +186,22 @@ def crop_target(target: dict, window: tuple[int, int, int, int], min_visible: fl
     return {"boxes": (c[keep] - [x0, y0, x0, y0]).astype(np.float32), "labels": np.asarray(target["labels"])[keep]}
 
 
-def _ios(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Intersection of ``box`` with each of ``others`` over the smaller of the two areas."""
+def _overlaps(box: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Intersection of ``box`` (4,) with each of ``others`` (k, 4), and the two areas."""
     lt, rb = np.maximum(box[:2], others[:, :2]), np.minimum(box[2:], others[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
     area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / np.maximum(np.minimum(area(box), area(others)), 1e-9)
+    return np.prod(np.clip(rb - lt, 0, None), axis=1), area(box), area(others)
+
+
+def _ios(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Intersection over the smaller of the two areas."""
+    inter, a, b = _overlaps(box, others)
+    return inter / np.maximum(np.minimum(a, b), 1e-9)
 
 
 def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    lt, rb = np.maximum(box[:2], others[:, :2]), np.minimum(box[2:], others[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / np.maximum(area(box) + area(others) - inter, 1e-9)
+    inter, a, b = _overlaps(box, others)
+    return inter / np.maximum(a + b - inter, 1e-9)
 
 
 def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile: np.ndarray,

@@ -182,6 +182,25 @@ def _keep_output(module: nn.Module, args, output) -> None:
     module.kept_output = output
 
 
+def _take_kept(backbone: nn.Module, name: str) -> torch.Tensor:
+    """The output the forward hook kept on layer ``name`` in the last forward pass (cleared: no stale map survives)."""
+    layer = backbone.get_submodule(name)
+    out, layer.kept_output = layer.kept_output, None
+    return out
+
+
+@torch.no_grad()
+def _dry_run(module: nn.Module, fn, side: int):
+    """``fn`` of one zero image of ``side`` pixels with ``module`` in eval mode (its mode restored): how the heads
+    learn their input channels."""
+    was = module.training
+    module.eval()
+    try:
+        return fn(torch.zeros(1, 3, side, side))
+    finally:
+        module.train(was)
+
+
 class ImageSegmenter(nn.Module):
     """Backbone -> LR-ASPP head (torchvision's, Howard et al., 2019, Searching for MobileNetV3) on the stride-8
     ``low`` feature map and the last (stride-32) one -> per-pixel class logits, upsampled to the input size."""
@@ -206,16 +225,10 @@ class ImageSegmenter(nn.Module):
 
     def _features(self, x: torch.Tensor) -> dict:
         high = self.backbone(x)
-        layer = self.backbone.get_submodule(self.low_layer)
-        low, layer.kept_output = layer.kept_output, None
-        return {"low": low, "high": high}
+        return {"low": _take_kept(self.backbone, self.low_layer), "high": high}
 
     def _channels(self, size: int) -> tuple[int, int]:
-        was = self.backbone.training
-        self.backbone.eval()
-        with torch.no_grad():
-            f = self._features(torch.zeros(1, 3, max(64, min(size, 96)), max(64, min(size, 96))))
-        self.backbone.train(was)
+        f = _dry_run(self.backbone, self._features, max(64, min(size, 96)))
         return int(f["low"].shape[1]), int(f["high"].shape[1])
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -291,20 +304,11 @@ class ObjectDetector(nn.Module):
         from collections import OrderedDict
 
         last = self.backbone(x)
-        maps = []
-        for name in self.hooked:
-            layer = self.backbone.get_submodule(name)
-            maps.append(layer.kept_output)
-            layer.kept_output = None
-        return OrderedDict((str(i), m) for i, m in enumerate(maps + [last]))
+        maps = [_take_kept(self.backbone, name) for name in self.hooked] + [last]
+        return OrderedDict((str(i), m) for i, m in enumerate(maps))
 
     def _channels(self) -> list[int]:
-        was = self.backbone.training
-        self.backbone.eval()
-        with torch.no_grad():
-            maps = self._levels(torch.zeros(1, 3, 64, 64))
-        self.backbone.train(was)
-        return [int(m.shape[1]) for m in maps.values()]
+        return [int(m.shape[1]) for m in _dry_run(self.backbone, self._levels, 64).values()]
 
     def forward(self, pixel_values: torch.Tensor, targets: list[dict] | None = None):
         from torchvision.models.detection.image_list import ImageList
@@ -325,11 +329,7 @@ MODELS = {"image-classifier": ImageClassifier, "image-segmenter": ImageSegmenter
 
 def feature_channels(features: nn.Module, size: int) -> int:
     """Channels of the feature map, from one small forward pass (families do not agree on where they say it)."""
-    was = features.training
-    features.eval()
-    with torch.no_grad():
-        out = features(torch.zeros(1, 3, max(32, min(size, 64)), max(32, min(size, 64))))
-    features.train(was)
+    out = _dry_run(features, features, max(32, min(size, 64)))
     return int(out.shape[1] if out.ndim == 4 else out.shape[-1])
 
 
