@@ -54,6 +54,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def _jsonable(o):
+    if isinstance(o, os.PathLike):  # a backbone given as a folder path
+        return os.fspath(o)
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "tolist"):

@@ -82,6 +82,8 @@ def split_by_length(lengths: np.ndarray, overhead: int) -> list[np.ndarray]:
     order = np.argsort(lengths, kind="stable")
     s = lengths[order]
     n = len(s)
+    if n == 0 or s[0] == s[-1]:  # equal lengths (CTR rows, images): nothing to save, one forward
+        return [np.arange(n)]
     best = np.full(n + 1, np.inf)
     best[0], cut = 0.0, np.zeros(n + 1, dtype=int)
     for j in range(1, n + 1):  # best[j]: cheapest split of the j shortest rows; a chunk i..j-1 pads to s[j-1]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
+from sklearn.utils import _safe_indexing
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
@@ -194,8 +195,11 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         if get_strategy(self.strategy).probe and not getattr(task, "probe_applies", True):
             raise ValueError(f"strategy={self.strategy!r} starts with a linear probe, but task={task.name!r} has a "
                              "non-linear head (a segmentation decoder, a detector); fix: use strategy='full' or 'lora'")
-        if task.modality != "text" and self.freeze_embeddings:
-            raise ValueError(f"freeze_embeddings=True applies to text backbones only; fix: pass "
+        if task.modality == "tabular" and self.strategy == "lora":
+            raise ValueError("strategy='lora' does not apply to task='ctr': its networks are small MLPs over "
+                             "embeddings; fix: use 'full', 'head', 'lp-ft' or freeze_embeddings=True")
+        if task.modality == "vision" and self.freeze_embeddings:
+            raise ValueError(f"freeze_embeddings=True applies to text and CTR backbones only; fix: pass "
                              f"freeze_embeddings=False for task={task.name!r}")
         if not text_classifier and self.pooling == "mean":
             raise ValueError(f"pooling='mean' applies to text classification only: task={task.name!r} reads every "
@@ -276,8 +280,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                                       random_state=self.random_state, stratify=strat)
             y = target["y"]
             pick = (lambda v, idx: v[idx]) if isinstance(y, np.ndarray) else (lambda v, idx: [v[i] for i in idx])
-            val = ([X[i] for i in va], pick(y, va))
-            X, target, w = [X[i] for i in tr], {"y": pick(y, tr)}, w[tr]
+            val = (_safe_indexing(X, va), pick(y, va))
+            X, target, w = _safe_indexing(X, tr), {"y": pick(y, tr)}, w[tr]
         self.device_ = pick_device(self.device)
         self.precision_ = self._resolve_precision()
         with torch.random.fork_rng(devices=[]):  # seeds the head init and dropout without touching the caller's RNG
@@ -288,7 +292,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         # Every member starts from the same head initialisation whatever its random_state, so members of one
         # backbone share one pretrained start and can be averaged in weight space (model soups need that).
         torch.manual_seed(HEAD_INIT_SEED)
-        model, self.tokenizer_, default_length, self.source_ = self._pretrained(labels)
+        model, self.tokenizer_, default_length, self.source_ = self._pretrained(labels, X=X)
         self.max_length_ = self.max_length or getattr(task, "max_length", None) or default_length
         head_name, head = head_module(model, task.head_names)
         self.pooling_ = resolve_pooling(self.pooling, self.source_, model, head) if (
@@ -366,6 +370,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         loop's settings), and bf16 inference, 1.2-1.7x faster, flips 1-4 % of MobileNetV2's test predictions and
         31 % of an EfficientNet-Lite0's (0.922 fp32 -> 0.689 bf16 accuracy): errors add up through BatchNorm and
         depthwise layers as they do not through a 6-layer transformer."""
+        if self.task_.modality == "tabular" and self.precision == "auto" and self.device_.type == "cpu":
+            return "fp32"  # embedding lookups and small MLPs: bf16 saves nothing on CPU and rounds the embeddings
         if self.task_.modality == "vision" and self.precision == "auto" and (
                 self.device_.type == "cpu" or not getattr(self.task_, "bf16_safe", True)):
             return "fp32"
@@ -386,8 +392,13 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     def _packs(self) -> bool:
         return self.packing is True or (self.packing == "auto" and self.device_.type == "cpu")
 
-    def _pretrained(self, labels, device=None):
+    def _pretrained(self, labels, device=None, X=None):
         task = self.task_
+        if task.modality == "tabular":  # vocabularies come from the training rows X, or the fitted encoder
+            from .ctr.models import load_pretrained as load_ctr
+
+            return load_ctr(self.backbone, task, X, dropout=self.dropout, config_overrides=self.config_overrides,
+                            device=device or self.device_, encoder=None if X is not None else self.tokenizer_)
         if task.modality == "vision":
             from .vision.models import load_pretrained as load_vision
 
@@ -478,7 +489,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         """Validation metric (``val_score``, higher is better) and, for classifiers, log-loss (``val_loss``)."""
         task = self.task_
         scores = self._scores(X_val)
-        out = {"val_score": task.metric(y_val, task.decode(X_val, scores, self.labels_))}
+        out = {"val_score": task.scores_metric(y_val, scores) if hasattr(task, "scores_metric") else
+               task.metric(y_val, task.decode(X_val, scores, self.labels_))}
         if task.is_classifier:
             out["val_loss"] = log_loss(scores, encode_labels(y_val, self.labels_, "y_val"))
         return out
@@ -590,6 +602,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         task = self.task_
         X = task.check_X(X)
         y = task.check_y(y, X)
+        if hasattr(task, "scores_metric"):  # CTR: AUC of the click probabilities
+            return task.scores_metric(y, self._scores(X))
         if task.is_classifier:
             y_idx = encode_labels(y, self.labels_)
             return float(np.average(self._scores(X).argmax(1) == y_idx, weights=sample_weight))
@@ -737,6 +751,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             from .vision.models import load_saved as load_vision
 
             model, est.tokenizer_ = load_vision(path)
+        elif entry.modality == "tabular":
+            from .ctr.models import load_saved as load_ctr
+
+            model, est.tokenizer_ = load_ctr(path)
         else:
             attn = (est.config_overrides or {}).get("attn_implementation",
                                                     attention_implementation(pick_device(device)))

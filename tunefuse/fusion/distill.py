@@ -38,15 +38,22 @@ class Distillation(ClassifierMixin, BaseEstimator):
         task = getattr(self.teacher, "task_", None)
         if task is not None and not task.is_classifier:
             return self._fit_structured(task, X, X_val, y_val, t0)
-        texts = as_texts(X)
+        student_task = getattr(self.student, "task_", None)
+        read = student_task.check_X if student_task is not None else as_texts  # texts, or a CTR task's table
+        texts = read(X)
         y = as_labels(y, len(texts))
         classes = np.asarray(self.teacher.classes_)
         unseen = sorted(set(y.tolist()) - set(classes.tolist()), key=str)
         if unseen:
             raise ValueError(f"y has labels {unseen[:5]} the teacher never saw (its classes_ are "
                              f"{classes.tolist()}); fix: refit the teacher with them")
-        extra = as_texts(self.X_unlabeled, "X_unlabeled") if self.X_unlabeled is not None else []
-        all_texts = texts + extra
+        extra = read(self.X_unlabeled, "X_unlabeled") if self.X_unlabeled is not None else []
+        if isinstance(texts, list):
+            all_texts = texts + extra
+        else:  # DataFrames (CTR rows)
+            import pandas as pd
+
+            all_texts = texts if len(extra) == 0 else pd.concat([texts, extra], ignore_index=True)
         p = np.clip(self.teacher.predict_proba(all_texts), 1e-12, 1)
         p = p ** (1 / self.temperature)
         p /= p.sum(1, keepdims=True)

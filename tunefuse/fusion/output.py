@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.ensemble import AdaBoostClassifier, BaggingClassifier, StackingClassifier, VotingClassifier
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 from sklearn.utils import _safe_indexing
 from sklearn.utils.multiclass import check_classification_targets
@@ -355,7 +355,7 @@ class EnsembleSelection(_Fusion):
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "EnsembleSelection":
         start = time.perf_counter()
         _check_positive_int("n_iter", self.n_iter)
-        _check_choice("metric", self.metric, ("log_loss", "accuracy"))
+        _check_choice("metric", self.metric, ("log_loss", "accuracy", "roc_auc"))
         task = S.task_of(check_members(self.members, required=("fit",)))
         if task is not None:  # NER / QA members: selection on the task's metric (entity F1, SQuAD F1)
             members = check_members(self.members, required=("fit", "predict_scores"))
@@ -363,6 +363,9 @@ class EnsembleSelection(_Fusion):
         fitted, classes, X_va, y_va, sw = _prepare(
             self.members, X, y, sample_weight, prefit=self.prefit,
             holdout=None if self.prefit else self.validation_fraction, random_state=self.random_state)
+        if self.metric == "roc_auc" and len(classes) != 2:
+            raise ValueError(f"metric='roc_auc' ranks two classes, but the members know {len(classes)}; fix: pass "
+                             "metric='log_loss' or 'accuracy'")
         P, y_idx = _holdout_proba(self.prefit, fitted, X_va, y_va), _encode(y_va, classes)
         w, best, self.scores_ = self._select(P, y_idx, sw)
         if self.prefit == "oof":  # the fusion's own out-of-fold predictions: selection rerun per fold
@@ -379,6 +382,8 @@ class EnsembleSelection(_Fusion):
         def score(proba):  # higher is better
             if self.metric == "accuracy":
                 return float(np.average(proba.argmax(1) == y_idx, weights=sw))
+            if self.metric == "roc_auc":  # CTR: rank quality of the click probability
+                return float(roc_auc_score(y_idx, proba[:, 1], sample_weight=sw))
             return -_proba_loss(proba, y_idx, sw)
 
         counts, total = np.zeros(len(P)), np.zeros_like(P[0])

@@ -10,7 +10,7 @@ from .base import Encoded, Task, cross_entropy, encode_labels, log_loss
 TASKS: dict[str, Task] = {}
 ALIASES = {"classification": "text-classification", "ner": "token-classification", "qa": "question-answering",
            "image": "image-classification", "segmentation": "image-segmentation",
-           "detection": "object-detection"}
+           "detection": "object-detection", "click-through-rate": "ctr"}
 
 
 def register_task(task: Task) -> Task:
@@ -34,6 +34,7 @@ def list_tasks() -> list[str]:
     return sorted(TASKS)
 
 
+from .ctr import CTR  # noqa: E402
 from .image_classification import ImageClassification  # noqa: E402
 from .image_segmentation import ImageSegmentation  # noqa: E402
 from .object_detection import ObjectDetection  # noqa: E402
@@ -47,6 +48,7 @@ register_task(QuestionAnswering())
 register_task(ImageClassification())
 register_task(ImageSegmentation())
 register_task(ObjectDetection())
+register_task(CTR())
 
 __all__ = ["Encoded", "TASKS", "Task", "cross_entropy", "encode_labels", "get_task", "list_tasks", "log_loss",
            "register_task"]
