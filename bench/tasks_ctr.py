@@ -5,11 +5,12 @@ Data: click = rating >= 4; each user's interactions split by time (last 20 % tes
 rest training). The training interactions (user, item, time only) are the pretraining log; the labelled set is a
 sample of them, redrawn per seed and shared by the with- and without-pretraining runs of that seed.
 
-Selection: validation is split in two halves by row (seeded). Fusions are fitted on half A; single models and
-fusions are ranked on half B; test rows are never used to choose. B = the single model ranked first, C = the fusion
-ranked first; lifts are paired bootstrap 95 % intervals of the AUC difference on the test rows (1,000 resamples).
-D = mean over seeds of the paired test-AUC difference (pretrained - scratch) of the architecture ranked first at 5 %
-(by mean half-B AUC), E the lower end of a bootstrap interval over seeds and test rows.
+Selection: validation is split in two halves by row (seeded). Half A early-stops every member, picks pretraining's
+best epoch and fits the fusions; half B only ranks single models and fusions; test rows are never used to choose.
+B = the single model ranked first, C = the fusion ranked first; lifts are paired 95 % cluster-bootstrap intervals
+(test users resampled with all their rows, 1,000 times) of the AUC difference. D = mean over seeds of the paired
+test-AUC difference (pretrained - scratch) of the architecture ranked first at 5 % (by mean half-B AUC), E the lower
+end of a bootstrap interval that resamples seeds and test users together.
 
     python bench/tasks_ctr.py            # full: 5 seeds, 3 architectures, 3 label fractions (about 30 minutes)
     python bench/tasks_ctr.py --quick    # 2 seeds, DeepFM and DIN, 5 % and 100 % (a few minutes)
@@ -28,8 +29,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logit
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import start_tee, write_results  # noqa: E402
@@ -45,13 +50,19 @@ BATCH, PATIENCE = 256, 2
 N_BOOT = 1000
 
 
-def bootstrap_auc_diff(y, p_a, p_b, n_boot=N_BOOT, seed=0) -> tuple[float, float]:
-    """95 % paired bootstrap interval of AUC(p_b) - AUC(p_a) over resampled test rows."""
+def user_resamples(users: np.ndarray, n_boot: int, seed: int = 0):
+    """Row indices of ``n_boot`` cluster-bootstrap resamples: users drawn with replacement, all rows of each (a
+    user's ~20 test rows are correlated, so resampling rows one by one would understate the uncertainty)."""
     rng = np.random.default_rng(seed)
-    d = []
+    uniq, inv = np.unique(users, return_inverse=True)
+    rows_of = [np.flatnonzero(inv == k) for k in range(len(uniq))]
     for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        d.append(roc_auc_score(y[i], p_b[i]) - roc_auc_score(y[i], p_a[i]))
+        yield np.concatenate([rows_of[k] for k in rng.integers(0, len(uniq), len(uniq))])
+
+
+def bootstrap_auc_diff(y, p_a, p_b, users, n_boot=N_BOOT, seed=0) -> tuple[float, float]:
+    """95 % paired cluster-bootstrap interval (by user) of AUC(p_b) - AUC(p_a) on the test rows."""
+    d = [roc_auc_score(y[i], p_b[i]) - roc_auc_score(y[i], p_a[i]) for i in user_resamples(users, n_boot, seed)]
     lo, hi = np.percentile(d, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -132,8 +143,10 @@ def main() -> None:
     te = te.assign(_row=np.arange(len(va), len(va) + len(te)))
     DATA.update(val=va, test=te)
     y_va, y_te = va["click"].to_numpy(), te["click"].to_numpy()
-    half = np.random.default_rng(0).permutation(len(va)) < len(va) // 2  # True: half A (fit fusions)
+    # True: half A (early stopping, pretraining's best epoch, fusion weights); half B only ranks
+    half = np.random.default_rng(0).permutation(len(va)) < len(va) // 2
     va_a = va[half]
+    users_te = te["user_id"].to_numpy()
     print(f"MovieLens-100k: {len(tr)} train / {len(va)} val / {len(te)} test rows; click rate "
           f"{tr.click.mean():.3f} / {va.click.mean():.3f} / {te.click.mean():.3f}; "
           f"{tr.user_id.nunique()} users, {tr.item_id.nunique()} items in train")
@@ -147,7 +160,7 @@ def main() -> None:
         out = root / "pretrained" / arch
         if not (out / "pretrain.json").is_file():
             tunefuse.pretrain(tr.drop(columns=["rating", "click"]), task=CTR(**MOVIELENS_COLUMNS, model=arch), out=out,
-                              X_val=va.drop(columns=["rating", "click"]), epochs=3 if args.quick else 5, verbose=0)
+                              X_val=va_a.drop(columns=["rating", "click"]), epochs=3 if args.quick else 5, verbose=0)
         meta = json.loads((out / "pretrain.json").read_text())
         best = meta["history"][meta["best_epoch"] - 1]
         print(f"pretrain {arch:7s} epochs {len(meta['history'])} (best {meta['best_epoch']}) val HR@10 "
@@ -164,7 +177,7 @@ def main() -> None:
         task = CTR(**MOVIELENS_COLUMNS, model=arch)
         est = Finetuner(backbone, task=task, epochs=epochs, batch_size=BATCH, patience=PATIENCE, verbose=0,
                         random_state=seed)
-        return lambda: est.fit(lab, lab.click, X_val=va, y_val=va.click)
+        return lambda: est.fit(lab, lab.click, X_val=va_a, y_val=va_a.click)
 
     for frac in fractions:
         for arch in archs:
@@ -201,7 +214,7 @@ def main() -> None:
     b_row = max(neural_full + [r for r in full if r[1] == "hgb"], key=lambda r: auc_b(r[5].val))
     b = b_row[5]
     B = roc_auc_score(y_te, b.test)
-    lo, hi = bootstrap_auc_diff(y_te, lr.test, b.test)
+    lo, hi = bootstrap_auc_diff(y_te, lr.test, b.test, users_te)
     print(f"\nA: logistic regression on one-hot ids, test AUC {A:.4f}")
     print(f"B: single model ranked first on validation half B: {b_row[1]} seed {b_row[4]}, test AUC {B:.4f}; "
           f"B - A = {B - A:+.4f} [{lo:+.4f}, {hi:+.4f}]")
@@ -223,6 +236,10 @@ def main() -> None:
     fusions["ensemble-selection-auc"] = proba(EnsembleSelection(members, metric="roc_auc", prefit=True)
                                               .fit(va_a, va_a.click))
     fusions["stacking-lr"] = proba(Stacking(members, prefit=True).fit(va_a, va_a.click))
+    # the meta-learner on the members' log-odds: a weighted geometric mean of their odds plus a bias
+    logodds = make_pipeline(FunctionTransformer(lambda p: logit(np.clip(p, 1e-6, 1 - 1e-6))),
+                            LogisticRegression(max_iter=2000))
+    fusions["stacking-logodds"] = proba(Stacking(members, final_estimator=logodds, prefit=True).fit(va_a, va_a.click))
     b_cfg = [r for r in neural_full if r[1] == b_row[1]]
     fusions[f"seed-average {b_row[1]}"] = proba(Voting([(f"s{r[4]}", Fixed(r[5])) for r in b_cfg], prefit=True)
                                                  .fit(va_a, va_a.click))
@@ -264,7 +281,7 @@ def main() -> None:
                          prefit=True).fit(va_a, va_a.click)
         student = Finetuner(pre["deepfm"], task=CTR(**MOVIELENS_COLUMNS), epochs=epochs, batch_size=BATCH,
                             patience=PATIENCE, verbose=0)
-        dist = Distillation(teacher, student).fit(tr, tr.click, X_val=va, y_val=va.click)
+        dist = Distillation(teacher, student).fit(tr, tr.click, X_val=va_a, y_val=va_a.click)
         fusions["distilled deepfm-pretrained"] = proba(dist)
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "probs.npz", val=fusions["distilled deepfm-pretrained"][0],
@@ -278,7 +295,7 @@ def main() -> None:
     print(f"(output fusions on stored probabilities: {fusion_s:.1f} s)")
     c_name = max(fusions, key=lambda n: auc_b(fusions[n][0]))
     C = roc_auc_score(y_te, fusions[c_name][1])
-    lo_c, hi_c = bootstrap_auc_diff(y_te, b.test, fusions[c_name][1])
+    lo_c, hi_c = bootstrap_auc_diff(y_te, b.test, fusions[c_name][1], users_te)
     print(f"C: fusion ranked first on validation half B: {c_name}, test AUC {C:.4f}; C - B = {C - B:+.4f} "
           f"[{lo_c:+.4f}, {hi_c:+.4f}]")
 
@@ -292,12 +309,11 @@ def main() -> None:
             s = {r[4]: r[5] for r in rows if r[0] == frac and r[2] == arch and r[3] == "scratch"}
             p = {r[4]: r[5] for r in rows if r[0] == frac and r[2] == arch and r[3] == "pretrained"}
             diffs = np.array([roc_auc_score(y_te, p[k].test) - roc_auc_score(y_te, s[k].test) for k in seeds])
-            # interval: resample seeds and test rows together (the seed noise and the test-set noise)
+            # interval: resample seeds and test users together (the seed noise and the test-set noise)
             rng = np.random.default_rng(1)
             boot = []
-            for _ in range(300):
+            for i in user_resamples(users_te, 300, seed=1):
                 ks = rng.choice(seeds, len(seeds))
-                i = rng.integers(0, len(y_te), len(y_te))
                 boot.append(np.mean([roc_auc_score(y_te[i], p[k].test[i]) - roc_auc_score(y_te[i], s[k].test[i])
                                      for k in ks]))
             lo_d, hi_d = np.percentile(boot, [2.5, 97.5])

@@ -74,7 +74,12 @@ def test_encoder_vocab_oov_hashing_and_json(log):
     arrays = enc.transform(new, TASK, 50)
     assert (arrays["ids"][:, 0] == 1).all() and enc.oov_["user_id"] == 20 and enc.oov_["genres"] == 20
     assert arrays["numeric"].shape == (20, 2) and np.isfinite(arrays["numeric"]).all()
-    assert arrays["history"].shape[1] <= 50 and (arrays["history"][:, -1] > 0).any()  # right-aligned
+    lengths = np.array([min(len(h), 50) for h in new["history"]])
+    hist = arrays["history"]
+    assert hist.shape[1] == lengths.max() and (hist > 0).sum(1).tolist() == lengths.tolist()
+    short = int(np.argmin(lengths))  # right-aligned: padding on the left, the most recent item last
+    assert (hist[short, : hist.shape[1] - lengths[short]] == 0).all() and (hist[short, hist.shape[1] - lengths[short]:]
+                                                                            > 0).all()
     again = FeatureEncoder.from_dict(enc.to_dict()).transform(new, TASK, 50)
     assert all(np.array_equal(arrays[k], again[k]) for k in arrays)
     hashed = CTR(**MOVIELENS_COLUMNS, hash_buckets=(("user_id", 64),))
@@ -82,6 +87,9 @@ def test_encoder_vocab_oov_hashing_and_json(log):
     ids = h_enc.transform(new, hashed, 50)["ids"][:, 0]
     assert h_enc["user_id"].size == 66 and (ids >= 2).all() and len(set(ids)) == 1 and "user_id" not in {
         k for k, v in h_enc.oov_.items() if v}
+    hashed_items = CTR(**MOVIELENS_COLUMNS, hash_buckets=(("item_id", 256),))  # the history hashes with them
+    hi = FeatureEncoder.fit(tr, hashed_items).transform(new, hashed_items, 50)
+    assert (hi["history"][hist > 0] >= 2).all() and (hi["history"][hist == 0] == 0).all()
     as_strings = new.assign(genres="Drama|no-such-genre")
     assert np.array_equal(enc.transform(as_strings, TASK, 50)["multi:genres"], arrays["multi:genres"])
 
@@ -139,7 +147,14 @@ def test_bad_inputs_have_clear_errors(log):
 
 
 def test_save_load_roundtrip(fitted, log, tmp_path):
-    te = log["test"]
+    te, tr = log["test"], log["train"]
+    options = CTR(**MOVIELENS_COLUMNS, model="dcn-v2", hash_buckets=(("zip", 4),), min_count=2, max_history=7,
+                  hidden=(16,), embedding_dim=4)
+    m = Finetuner("scratch", task=options, epochs=1, batch_size=256, verbose=0).fit(tr, tr.click)
+    m.save(tmp_path / "options")
+    again = Finetuner.load(tmp_path / "options")
+    assert again.task_ == m.task_ and again.max_length_ == 7
+    assert np.allclose(again.predict_proba(te), m.predict_proba(te), atol=1e-6)
     fitted.save(tmp_path / "m")
     assert not list(tmp_path.glob("m/*.bin")) and (tmp_path / "m" / "features.json").is_file()
     back = Finetuner.load(tmp_path / "m", task="ctr")
@@ -161,35 +176,55 @@ def test_pretrain_then_every_strategy(pretrained, log):
             from tunefuse.ctr.models import load_saved
 
             pre_model, _ = load_saved(pretrained)
-            assert np.array_equal(clf.model_.embeddings["vectors"][0].weight.detach().numpy(),
-                                  pre_model.embeddings["vectors"][0].weight.detach().numpy())
+            table = lambda model, name: model.embeddings["vectors"][model.tables.index(name)].weight.detach()  # noqa
+            for name in ("user_id", "item_id"):
+                assert np.array_equal(table(clf.model_, name).numpy(), table(pre_model, name).numpy())
+            assert not np.array_equal(table(clf.model_, "gender").numpy(), table(pre_model, "gender").numpy())
+    with pytest.raises(ValueError, match="backbone='scratch' has none"):
+        Finetuner("scratch", freeze_embeddings=True, **FIT).fit(sample, sample.click)
     with pytest.raises(ValueError, match="pretrained on the columns"):
         Finetuner(str(pretrained), task=CTR(user="user_id", item="item_id"), verbose=0).fit(sample, sample.click)
-    with pytest.raises(ValueError, match="holds a pretrained 'deepfm'"):
+    with pytest.raises(ValueError, match="user first"):  # same names, another role
+        swapped = CTR(**dict(MOVIELENS_COLUMNS, categorical=("gender", "occupation"), numeric=("age", "year", "zip")))
+        Finetuner(str(pretrained), task=swapped, verbose=0).fit(sample, sample.click)
+    with pytest.raises(ValueError, match="embedding_dim=8, not 32"):
+        Finetuner(str(pretrained), task=CTR(**MOVIELENS_COLUMNS, embedding_dim=32), verbose=0).fit(sample,
+                                                                                                  sample.click)
+    with pytest.raises(ValueError, match="model='deepfm', not 'din'"):
         Finetuner(str(pretrained), task=CTR(**MOVIELENS_COLUMNS, model="din"), verbose=0).fit(sample, sample.click)
 
 
-@pytest.mark.slow
-def test_fusions_of_ctr_members(pretrained, log):
+def test_stack_a_deepfm_with_gradient_boosting(fitted, log):
     tr, va, te = log["train"], log["val"], log["test"]
-    a = Finetuner(str(pretrained), **FIT, random_state=0).fit(tr, tr.click, X_val=va, y_val=va.click)
-    b = Finetuner(str(pretrained), **FIT, random_state=1).fit(tr, tr.click, X_val=va, y_val=va.click)
-    hgb = TabularModel("hgb", task=TASK).fit(tr, tr.click)
-    lr = TabularModel("lr", task=TASK).fit(tr, tr.click)
-    members = [("a", a), ("b", b), ("hgb", hgb), ("lr", lr)]
+    members = [("deepfm", fitted), ("hgb", TabularModel("hgb", task=TASK).fit(tr, tr.click))]
     y = te.click.to_numpy()
     for fusion in (Stacking(members, prefit=True), Voting(members, weights="fit", prefit=True),
                    EnsembleSelection(members, metric="roc_auc", prefit=True)):
         p = fusion.fit(va, va.click).predict_proba(te)[:, 1]
         assert auc(y, p) > 0.6, type(fusion).__name__
+    with pytest.raises(ValueError, match="metric='roc_auc' ranks two classes"):
+        EnsembleSelection(members, metric="roc_auc", prefit=True).fit(va, np.arange(len(va)) % 3)
+
+
+@pytest.mark.slow
+def test_soup_bag_and_distill_ctr_members(pretrained, log):
+    tr, va, te = log["train"], log["val"], log["test"]
+    a = Finetuner(str(pretrained), **FIT, random_state=0).fit(tr, tr.click, X_val=va, y_val=va.click)
+    b = Finetuner(str(pretrained), **FIT, random_state=1).fit(tr, tr.click, X_val=va, y_val=va.click)
+    y = te.click.to_numpy()
     soup = WeightFusion([("a", a), ("b", b)], method="uniform_soup").fit(va, va.click)  # one pretrained start
     assert auc(y, soup.predict_proba(te)[:, 1]) > 0.6
     bag = Bagging(TabularModel("lr", task=TASK), mode="kfold", n_splits=3).fit(tr, tr.click)
     assert bag.predict_proba(te).shape == (len(te), 2)
+    with pytest.raises(ValueError, match="mode='kfold'"):
+        Bagging(TabularModel("lr", task=TASK)).fit(tr, tr.click)
     student = Distillation(soup, Finetuner("scratch", **FIT)).fit(tr, tr.click, X_val=va, y_val=va.click)
     assert auc(y, student.predict_proba(te)[:, 1]) > 0.6
-    with pytest.raises(ValueError, match="roc_auc"):
-        EnsembleSelection(members, metric="auc", prefit=True).fit(va, va.click)
+    half = len(tr) // 2  # from scratch, each member's vocabulary is its own rows': their weights do not line up
+    c = Finetuner("scratch", **FIT).fit(tr.iloc[:half], tr.click.iloc[:half])
+    d = Finetuner("scratch", **FIT).fit(tr.iloc[half:], tr.click.iloc[half:])
+    with pytest.raises(ValueError, match="different tokenizers"):
+        WeightFusion([("c", c), ("d", d)], method="uniform_soup").fit(va, va.click)
 
 
 def test_tabular_members(log):
@@ -203,11 +238,15 @@ def test_tabular_members(log):
 
 def test_metrics_by_hand():
     y, p = np.array([0, 1, 0, 1, 1, 0]), np.array([0.1, 0.9, 0.8, 0.3, 0.7, 0.2])
-    users = np.array([1, 1, 1, 2, 2, 2])
     assert auc(y, p) == pytest.approx(7 / 9)
-    # user 1: AUC 1.0 (0.9 > 0.1, 0.8); user 2: pairs (0.3, 0.7 vs 0.2): 1.0 -> 1.0
-    assert gauc(y, p, users) == pytest.approx((3 * 1.0 + 3 * 1.0) / 6)
+    # bins of 3 by p: mean 0.2 vs 1/3 clicked, mean 0.8 vs 2/3: ECE 2/15 either side
     cal = calibration(y, p, bins=2)
-    assert cal["count"].sum() == 6 and 0 <= cal["ece"] <= 1
-    r = ranking_at_k(np.array([5.0, 1.0]), np.array([[1.0] * 20, [2.0] * 20]), k=10)
-    assert r["hr@10"] == 0.5 and r["ndcg@10"] == pytest.approx(0.5)
+    assert cal["ece"] == pytest.approx(2 / 15) and cal["count"].tolist() == [3, 3]
+    assert cal["ratio"] == pytest.approx(p.mean() / y.mean())
+    # user 1 (4 rows): positives 0.9, 0.3 vs negatives 0.1, 0.8 -> 3/4; user 2 (2 rows): 0; user 3: one class, out
+    yg = np.array([0, 1, 0, 1, 1, 0, 1, 1])
+    pg = np.array([0.1, 0.9, 0.8, 0.3, 0.2, 0.7, 0.5, 0.5])
+    assert gauc(yg, pg, np.array([1, 1, 1, 1, 2, 2, 3, 3])) == pytest.approx((4 * 0.75 + 2 * 0.0) / 6)
+    negatives = np.array([[1.0] * 20, [2.0] * 20, [2.0] + [1.0] * 19])
+    r = ranking_at_k(np.array([5.0, 1.0, 2.0]), negatives, k=10)  # ranks 0, 20, 1 (a tie counts against)
+    assert r["hr@10"] == pytest.approx(2 / 3) and r["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3)) / 3)

@@ -195,6 +195,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         if get_strategy(self.strategy).probe and not getattr(task, "probe_applies", True):
             raise ValueError(f"strategy={self.strategy!r} starts with a linear probe, but task={task.name!r} has a "
                              "non-linear head (a segmentation decoder, a detector); fix: use strategy='full' or 'lora'")
+        if task.modality == "tabular" and self.freeze_embeddings and self.backbone == "scratch":
+            raise ValueError("freeze_embeddings=True keeps pretrained user and item embeddings fixed, but "
+                             "backbone='scratch' has none; fix: pass a folder written by tunefuse.pretrain, or "
+                             "freeze_embeddings=False")
         if task.modality == "tabular" and self.strategy == "lora":
             raise ValueError("strategy='lora' does not apply to task='ctr': its networks are small MLPs over "
                              "embeddings; fix: use 'full', 'head', 'lp-ft' or freeze_embeddings=True")
@@ -398,7 +402,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             from .ctr.models import load_pretrained as load_ctr
 
             return load_ctr(self.backbone, task, X, dropout=self.dropout, config_overrides=self.config_overrides,
-                            device=device or self.device_, encoder=None if X is not None else self.tokenizer_)
+                            device=device or pick_device(self.device),
+                            encoder=None if X is not None else getattr(self, "tokenizer_", None))
         if task.modality == "vision":
             from .vision.models import load_pretrained as load_vision
 
@@ -441,7 +446,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                 with torch.inference_mode():
                     out = head(val_x.to(self.device_)).float()
                     record["val_loss"] = float(val_loss(out, 0.0).mean())
-                    if task.is_classifier:  # accuracy of the probe, for the history
+                    if hasattr(task, "scores_metric"):  # CTR: AUC, as the later stages record
+                        record["val_score"] = task.scores_metric(val_enc.targets.numpy(),
+                                                                 torch.softmax(out, -1).cpu().numpy())
+                    elif task.is_classifier:  # accuracy of the probe, for the history
                         record["val_score"] = float((out.argmax(-1).cpu() == val_enc.targets).float().mean())
             record["time_s"] = time.perf_counter() - t0
             self.history_.append(record)
@@ -603,7 +611,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         X = task.check_X(X)
         y = task.check_y(y, X)
         if hasattr(task, "scores_metric"):  # CTR: AUC of the click probabilities
-            return task.scores_metric(y, self._scores(X))
+            return task.scores_metric(y, self._scores(X), sample_weight)
         if task.is_classifier:
             y_idx = encode_labels(y, self.labels_)
             return float(np.average(self._scores(X).argmax(1) == y_idx, weights=sample_weight))

@@ -136,9 +136,10 @@ class FeatureEncoder:
 
     # ------------------------------------------------------------------ transform
     def _index(self, f: Field, values: np.ndarray) -> np.ndarray:
-        if f.buckets:
+        if f.buckets:  # hashing: every value has a bucket, nothing is out of vocabulary
             from sklearn.utils import murmurhash3_32
 
+            self.oov_.setdefault(f.name, 0)
             return np.array([2 + murmurhash3_32(v, positive=True) % f.buckets for v in values], dtype=np.int64)
         idx = pd.Index(f.vocab).get_indexer(values) if len(values) else np.array([], dtype=np.int64)
         self.oov_[f.name] = self.oov_.get(f.name, 0) + int((idx < 0).sum())

@@ -66,7 +66,8 @@ class CTRNet(nn.Module):
         self.item_table = self.tables.index(history.shares) if history is not None else None
         sizes = {f.name: f.size for f in encoder.fields if f.kind in ("id", "multi")}
         self.config = CTRConfig(**cfg, num_labels=2, sizes=[sizes[n] for n in self.tables],
-                                fields=[f.name for f in encoder.fields], model_type="tunefuse-ctr")
+                                fields=[f.name for f in encoder.fields], model_type="tunefuse-ctr",
+                                behaviour_tables=self.id_fields[:2])  # FeatureEncoder.fit puts user, item first
         # one container, so freeze_embeddings and L2-SP find every id representation in one place
         self.embeddings = nn.ModuleDict({
             "vectors": nn.ModuleList(nn.Embedding(sizes[n], d, padding_idx=0) for n in self.tables),
@@ -95,7 +96,11 @@ class CTRNet(nn.Module):
         self.classifier = nn.Linear(width, 2)
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings
+        """The behaviour embeddings: the user and item tables (and their first-order weights), the ones behaviour
+        pretraining trains; attribute tables never saw a value there, so ``freeze_embeddings`` leaves them to train."""
+        names = self.config.behaviour_tables
+        return nn.ModuleList([self.embeddings[part][self.tables.index(n)] for n in names
+                              for part in ("vectors", "first_order")])
 
     def _fields(self, ids, history, multi) -> tuple[torch.Tensor, torch.Tensor]:
         """E (batch, fields, dim) and the first-order sum (batch, 1)."""
@@ -171,12 +176,28 @@ def architecture(task, overrides: dict | None) -> dict:
 
 
 def check_fields(encoder: FeatureEncoder, task, source: str) -> None:
-    """A pretrained start was built for one field layout: the task must name the same columns."""
-    wanted = [task.user, task.item, *task.categorical, *task.multi_hot, *task.numeric] + (
-        [task.history] if task.history else [])
-    if sorted(wanted) != sorted(encoder.names):
-        raise ValueError(f"backbone {source!r} was pretrained on the columns {encoder.names}, but the task names "
-                         f"{wanted}; fix: pass the same CTR(...) columns as at pretraining, or backbone='scratch'")
+    """A pretrained start was built for one field layout: the task must give the same columns the same roles, and
+    architecture options it sets explicitly must be the start's (the start's weights fix them)."""
+    wanted = [(task.user, "id"), (task.item, "id"), *[(c, "id") for c in task.categorical],
+              *[(c, "multi") for c in task.multi_hot], *[(c, "numeric") for c in task.numeric]] + (
+        [(task.history, "history")] if task.history else [])
+    have = [(f.name, f.kind) for f in encoder.fields]
+    if wanted != have:
+        raise ValueError(f"backbone {source!r} was pretrained on the columns {have} (name, role; user first, item "
+                         f"second), but the task gives {wanted}; fix: pass the same CTR(...) columns as at "
+                         "pretraining, or backbone='scratch'")
+    hashed = {f.name: f.buckets for f in encoder.fields if f.buckets}
+    if task.hash_buckets and dict(task.hash_buckets) != hashed:
+        raise ValueError(f"hash_buckets={task.hash_buckets!r} differs from the start's {tuple(hashed.items())!r}: the "
+                         f"vocabularies of {source!r} are fixed; fix: pass the start's hash_buckets, or ()")
+
+
+def _check_architecture(task, config: CTRConfig, source: str) -> None:
+    for key in ("model", "embedding_dim", "hidden", "cross_layers"):
+        want, have = getattr(task, key), getattr(config, key)
+        if want is not None and (list(want) if isinstance(want, tuple) else want) != have:
+            raise ValueError(f"backbone {source!r} holds a pretrained {key}={have!r}, not {want!r}; fix: pass "
+                             f"CTR({key}=None) to take the start's, or pretrain a start with {key}={want!r}")
 
 
 def load_pretrained(backbone: str, task, X, *, dropout: float | None, config_overrides: dict | None,
@@ -198,10 +219,11 @@ def load_pretrained(backbone: str, task, X, *, dropout: float | None, config_ove
                          "folder written by tunefuse.pretrain(log, task='ctr', out=...)")
     model, encoder = load_saved(folder)
     check_fields(encoder, task, str(backbone))
-    want = task.model or model.config.model
-    if want != model.config.model:
-        raise ValueError(f"backbone {backbone!r} holds a pretrained {model.config.model!r}, not {want!r}; fix: pass "
-                         f"CTR(model={model.config.model!r}) or None, or pretrain a {want}")
+    _check_architecture(task, model.config, str(backbone))
+    unknown = set(config_overrides or {}) - {"dropout"}
+    if unknown:
+        raise ValueError(f"config_overrides={config_overrides!r}: a pretrained start fixes the architecture; fix: "
+                         "pass config_overrides=None (dropout is the Finetuner's dropout parameter)")
     if dropout:
         cfg = dict(model.config.to_dict(), dropout=dropout)
         fresh = CTRNet({k: cfg[k] for k in list(DEFAULTS) + ["dropout"]}, encoder)
@@ -209,8 +231,7 @@ def load_pretrained(backbone: str, task, X, *, dropout: float | None, config_ove
         model = fresh
     nn.init.normal_(model.classifier.weight, std=0.01)  # a new head: the pretraining head scored another target
     nn.init.zeros_(model.classifier.bias)
-    meta = json.loads((folder / "pretrain.json").read_text())
-    return model.to(device), encoder, int(meta.get("max_history", task.max_history)), str(folder.resolve())
+    return model.to(device), encoder, task.max_history, str(folder.resolve())
 
 
 def load_saved(path: Path) -> tuple[CTRNet, FeatureEncoder]:

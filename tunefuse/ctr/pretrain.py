@@ -70,7 +70,8 @@ def pretrain_ctr(log, *, task, out, X_val=None, epochs: int = 5, negatives: int 
     item_col = [f.name for f in encoder.fields if f.kind == "id"].index(task.item)
     n_items = encoder[task.item].size
     if n_items <= 3:
-        raise ValueError(f"the log has {n_items - 2} distinct items; negative sampling needs at least 2")
+        raise ValueError(f"the log's item column {task.item!r} has {n_items - 2} values (or hash buckets); negative "
+                         "sampling needs at least 2: fix: pass the whole interaction log")
     cfg = architecture(task, config_overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
@@ -95,8 +96,7 @@ def pretrain_ctr(log, *, task, out, X_val=None, epochs: int = 5, negatives: int 
         if X_val is not None:
             X_val = task.check_X(X_val, "X_val")
             val_arrays = behaviour_only(encoder.transform(X_val, task, task.max_history), encoder, task)
-            rng = np.random.default_rng(random_state + 1)
-            val = (val_arrays, torch.as_tensor(rng.integers(2, n_items, (len(X_val), EVAL_NEGATIVES))))
+            val = (val_arrays, eval_negatives(arrays["ids"], val_arrays["ids"], item_col, n_items, random_state))
 
         def evaluate() -> dict:
             model.eval()
@@ -129,6 +129,23 @@ def pretrain_ctr(log, *, task, out, X_val=None, epochs: int = 5, negatives: int 
         encoder.save_pretrained(tmp)
         write_json(tmp / "pretrain.json", meta)
     return Path(out)
+
+
+def eval_negatives(log_ids: torch.Tensor, val_ids: torch.Tensor, item_col: int, n_items: int, seed: int,
+                   m: int = EVAL_NEGATIVES) -> torch.Tensor:
+    """``m`` items per validation row the user never interacted with in the log, nor the row's own item (the NCF
+    protocol), drawn uniformly; redrawn until none collides (a user with nearly every item keeps a few repeats)."""
+    user_col = 0  # FeatureEncoder.fit puts the user first, the item second
+    seen = np.unique(log_ids[:, user_col].numpy() * n_items + log_ids[:, item_col].numpy())
+    users, own = val_ids[:, user_col].numpy(), val_ids[:, item_col].numpy()
+    rng = np.random.default_rng(seed + 1)
+    neg = rng.integers(2, n_items, (len(users), m))
+    for _ in range(20):
+        bad = np.isin(users[:, None] * n_items + neg, seen) | (neg == own[:, None])
+        if not bad.any():
+            break
+        neg[bad] = rng.integers(2, n_items, int(bad.sum()))
+    return torch.as_tensor(neg)
 
 
 @torch.inference_mode()

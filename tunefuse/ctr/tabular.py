@@ -54,6 +54,17 @@ def _dense(arrays: dict, encoder: FeatureEncoder) -> tuple[np.ndarray, np.ndarra
     return arrays["ids"], other
 
 
+def _target_encoder_folds(seed: int) -> dict:
+    """Shuffled 5-fold cross-fitting: a splitter from scikit-learn 1.9 on (shuffle/random_state deprecated there)."""
+    import sklearn
+
+    if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) >= (1, 9):
+        from sklearn.model_selection import StratifiedKFold
+
+        return {"cv": StratifiedKFold(5, shuffle=True, random_state=seed)}
+    return {"cv": 5, "shuffle": True, "random_state": seed}
+
+
 def _lr_cv_options() -> dict:
     """Pure L2, and the new fitted attributes, where scikit-learn has the options (1.8 warns otherwise)."""
     import inspect
@@ -66,8 +77,8 @@ def _lr_cv_options() -> dict:
 
 class TabularModel(ClassifierMixin, BaseEstimator):
     """A scikit-learn CTR member: ``kind='lr'`` (``LogisticRegressionCV`` on one-hot ids, L2 picked by 3-fold
-    log-loss) or ``'hgb'`` (``HistGradientBoostingClassifier`` on cross-fitted target encodings of the ids plus
-    multi-hot flags, numbers and history length; early stopping on 10 % of the rows), or any scikit-learn classifier
+    log-loss) or ``'hgb'`` (``HistGradientBoostingClassifier`` on cross-fitted target encodings of the ids, their
+    training counts, multi-hot flags, numbers and history length; early stopping on 10 % of the rows), or any classifier
     given as ``estimator`` (it receives the one-hot matrix for kind='lr', the dense one for 'hgb').
 
     >>> from tunefuse.tasks.ctr import CTR
@@ -89,9 +100,13 @@ class TabularModel(ClassifierMixin, BaseEstimator):
         if self.kind == "lr":
             return _one_hot(arrays, self.encoder_)
         ids, other = _dense(arrays, self.encoder_)
+        if fit_y is not None:  # how often each id occurs in training (an item's popularity, a user's activity)
+            self.id_counts_ = [np.bincount(ids[:, j], minlength=f.size).astype(np.float32)
+                               for j, f in enumerate(f for f in self.encoder_.fields if f.kind == "id")]
         codes = self.target_encoder_.fit_transform(ids, fit_y) if fit_y is not None else \
             self.target_encoder_.transform(ids)
-        return np.concatenate([codes, other], 1)
+        counts = np.stack([np.log1p(c[ids[:, j]]) for j, c in enumerate(self.id_counts_)], 1)
+        return np.concatenate([codes, counts, other], 1)
 
     def fit(self, X, y, sample_weight=None, X_val=None, y_val=None) -> "TabularModel":
         from sklearn.ensemble import HistGradientBoostingClassifier
@@ -108,10 +123,7 @@ class TabularModel(ClassifierMixin, BaseEstimator):
         self.encoder_ = FeatureEncoder.fit(X, task)
         arrays = self.encoder_.transform(X, task, task.max_history)
         if self.kind == "hgb":  # cross-fitted: a row's own label never enters its encoding (sklearn's TargetEncoder)
-            from sklearn.model_selection import StratifiedKFold
-
-            folds = StratifiedKFold(5, shuffle=True, random_state=self.random_state)
-            self.target_encoder_ = TargetEncoder(target_type="binary", cv=folds)
+            self.target_encoder_ = TargetEncoder(target_type="binary", **_target_encoder_folds(self.random_state))
         M = self._matrix(arrays, fit_y=y)
         if self.estimator is not None:
             est = clone(self.estimator)
@@ -122,7 +134,7 @@ class TabularModel(ClassifierMixin, BaseEstimator):
             est = HistGradientBoostingClassifier(max_iter=500, learning_rate=0.05, max_leaf_nodes=31,
                                                  early_stopping=True, validation_fraction=0.1, n_iter_no_change=20,
                                                  random_state=self.random_state)
-        self.model_ = est.fit(M, y, sample_weight=sample_weight)
+        self.model_ = est.fit(M, y, **({} if sample_weight is None else {"sample_weight": sample_weight}))
         return self
 
     def predict_proba(self, X) -> np.ndarray:

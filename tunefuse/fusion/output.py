@@ -360,6 +360,9 @@ class EnsembleSelection(_Fusion):
         if task is not None:  # NER / QA members: selection on the task's metric (entity F1, SQuAD F1)
             members = check_members(self.members, required=("fit", "predict_scores"))
             return self._fit_structured(task, members, X, y, select="metric", n_iter=self.n_iter)
+        if self.metric == "roc_auc" and y is not None and len(np.unique(np.asarray(y))) != 2:  # before any fit
+            raise ValueError(f"metric='roc_auc' ranks two classes, but y has {len(np.unique(np.asarray(y)))}; fix: "
+                             "pass metric='log_loss' or 'accuracy'")
         fitted, classes, X_va, y_va, sw = _prepare(
             self.members, X, y, sample_weight, prefit=self.prefit,
             holdout=None if self.prefit else self.validation_fraction, random_state=self.random_state)
@@ -458,6 +461,10 @@ class Bagging(_Fusion):
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "Bagging":
         start = time.perf_counter()
         _check_choice("mode", self.mode, ("bootstrap", "kfold"))
+        if self.mode == "bootstrap" and hasattr(X, "columns") and len(X.columns) > 1:
+            raise ValueError("mode='bootstrap' hands the rows to sklearn's BaggingClassifier, which turns a "
+                             "DataFrame into an array without its column names (a CTR table needs them); fix: pass "
+                             "mode='kfold'")
         task = getattr(self.estimator, "task_", None)
         if task is not None and not task.is_classifier:
             return self._fit_structured_bag(task, X, y, start)

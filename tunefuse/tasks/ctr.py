@@ -94,11 +94,13 @@ class CTR(TextClassification):
             raise ValueError(f"max_history={self.max_history!r} is invalid; fix: pass an int >= 0, e.g. 50")
         if not (isinstance(self.min_count, int) and self.min_count >= 1):
             raise ValueError(f"min_count={self.min_count!r} is invalid; fix: pass an int >= 1")
+        hashable = [self.user, self.item, *self.categorical, *self.multi_hot]
         for entry in self.hash_buckets:
-            if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and entry[0] in cols and
+            if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and entry[0] in hashable and
                     isinstance(entry[1], int) and entry[1] >= 2):
                 raise ValueError(f"hash_buckets entry {entry!r} is invalid; fix: pass ((column, buckets), ...) with "
-                                 f"a column of {cols} and buckets an int >= 2, e.g. (('user_id', 2**18),)")
+                                 f"an id or multi-hot column of {hashable} (a history reads its item column's "
+                                 "ids) and buckets an int >= 2, e.g. (('user_id', 2**18),)")
 
     def check_X(self, X: Any, param: str = "X") -> pd.DataFrame:
         return read_table(X, param)
@@ -150,11 +152,14 @@ class CTR(TextClassification):
     def logits(self, model, inputs: dict, pooling: str) -> torch.Tensor:
         return model(**inputs)
 
-    def scores_metric(self, y_true, scores) -> float:
+    def scores_metric(self, y_true, scores, sample_weight=None) -> float:
         """Validation ranks CTR models by AUC (accuracy says little at a 55 % click rate)."""
-        from ..ctr.metrics import auc
+        from sklearn.metrics import roc_auc_score
 
-        return auc(y_true, np.asarray(scores)[:, 1])
+        y = np.asarray(y_true).ravel()
+        if len(np.unique(y)) < 2:
+            return float("nan")
+        return float(roc_auc_score(y, np.asarray(scores)[:, 1], sample_weight=sample_weight))
 
 
 def _row_keys(arrays: dict[str, np.ndarray]) -> list[bytes]:
