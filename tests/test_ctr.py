@@ -94,7 +94,8 @@ def test_encoder_vocab_oov_hashing_and_json(log):
     assert np.array_equal(enc.transform(as_strings, TASK, 50)["multi:genres"], arrays["multi:genres"])
 
 
-@pytest.mark.parametrize("model", ["deepfm", "dcn-v2", "din"])
+@pytest.mark.parametrize("model", ["deepfm", pytest.param("dcn-v2", marks=pytest.mark.slow),
+                                   pytest.param("din", marks=pytest.mark.slow)])
 def test_architectures_learn_and_reproduce(log, model):
     tr, va, te = log["train"], log["val"], log["test"]
     task = CTR(**MOVIELENS_COLUMNS, model=model, hidden=(32,), embedding_dim=8)
@@ -144,6 +145,21 @@ def test_bad_inputs_have_clear_errors(log):
         clf.fit(tr, np.ones(len(tr), dtype=int))
     nan_age = tr.assign(age=tr.age.astype(float).where(tr.index > 3))  # missing numbers: the training mean
     assert Finetuner("scratch", **dict(FIT, epochs=1)).fit(nan_age, tr.click).predict_proba(nan_age).shape == (300, 2)
+
+
+def test_reads_parquet_and_csv_paths(fitted, log, tmp_path):
+    te = log["test"].head(50)
+    te.to_parquet(tmp_path / "rows.parquet")  # lists (genres, history) survive Parquet
+    assert np.allclose(fitted.predict_proba(str(tmp_path / "rows.parquet")), fitted.predict_proba(te))
+    # CSV holds no lists: multi-hot and history columns as strings separated by the task's sep ("|")
+    csv = te.assign(genres=te.genres.str.join("|"), history=["|".join(map(str, h)) for h in te.history])
+    csv.to_csv(tmp_path / "rows.csv", index=False)
+    assert np.allclose(fitted.predict_proba(tmp_path / "rows.csv"), fitted.predict_proba(te))
+    (tmp_path / "rows.xlsx").touch()
+    with pytest.raises(ValueError, match="unknown table format"):
+        fitted.predict_proba(tmp_path / "rows.xlsx")
+    with pytest.raises(ValueError, match="is not a file"):
+        fitted.predict_proba(tmp_path / "missing.csv")
 
 
 def test_save_load_roundtrip(fitted, log, tmp_path):

@@ -136,6 +136,7 @@ def test_map_by_hand():
     assert mean_average_precision(t, half)["map_50"] == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.slow
 def test_weighted_boxes_fusion_averages_matched_boxes_and_nms_keeps_one():
     a = {"boxes": np.array([[0, 0, 10, 10]], np.float32), "scores": np.array([0.8]), "labels": np.array([0])}
     b = {"boxes": np.array([[2, 0, 12, 10]], np.float32), "scores": np.array([0.8]), "labels": np.array([0])}

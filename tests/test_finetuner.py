@@ -82,6 +82,7 @@ def test_label_smoothing_makes_predictions_less_confident(reviews):
     assert smooth.predict_proba(Xt).max(1).mean() < sharp.predict_proba(Xt).max(1).mean()
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_best_epoch(reviews):
     X, y, Xt, yt = reviews
     clf = Finetuner(epochs=6, lr=3e-4, patience=2, **TINY).fit(X, y, X_val=Xt, y_val=yt)

@@ -99,6 +99,7 @@ def test_distillation_trains_a_student_on_soft_labels(members, reviews):
         Distillation(teacher, Finetuner(**TINY)).fit(X[:2], np.array(["x", "x"], dtype=object))
 
 
+@pytest.mark.slow
 def test_bag_of_head_only_members_computes_features_once(reviews):
     X, y, Xt, _ = reviews
     features.clear()

@@ -89,6 +89,7 @@ def test_clip_grad_norm_counts_sparse_gradients():
         == pytest.approx(1.0, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fit_with_speed_paths_predicts_as_without(reviews, monkeypatch):
     """Packing and row-sparse embedding steps on a real MiniLM cut: the same predictions as the padded, dense fit."""
     X, y, Xt, _ = reviews

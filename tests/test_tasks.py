@@ -100,8 +100,9 @@ def test_only_classification_is_a_classifier(fitted):
     ner = fitted["token-classification", "head"]
     assert not is_classifier(ner) and not hasattr(ner, "predict_proba") and not hasattr(ner, "classes_")
     assert is_classifier(Finetuner()) and hasattr(Finetuner(), "predict_proba")
-    assert sorted(TASKS) == ["image-classification", "image-segmentation", "object-detection", "question-answering",
-                             "text-classification", "token-classification"]
+    assert sorted(TASKS) == ["ctr", "image-classification", "image-segmentation", "object-detection",
+                             "question-answering", "text-classification", "token-classification"]
+    assert is_classifier(Finetuner(task="ctr"))  # a click classifier over (0, 1): predict_proba for every fusion
     assert not is_classifier(Finetuner(task="image-segmentation")) and is_classifier(Finetuner(task="image"))
 
 
@@ -328,7 +329,7 @@ def test_bad_parameter_values_are_one_line_errors(name, value):
 
 
 def test_unknown_task_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"task='pos' is not one of \['image-classification', 'image-segmentation'"):
+    with pytest.raises(ValueError, match=r"task='pos' is not one of \['ctr', 'image-classification', 'image-segm"):
         Finetuner(task="pos").fit(["a"], [0])
 
 
@@ -392,6 +393,7 @@ def test_cross_val_fusion_gives_honest_ner_validation_scores(fitted, ner_data):
         np.testing.assert_allclose(a, b)
 
 
+@pytest.mark.slow
 def test_cross_val_fusion_of_a_soup_of_ner_members(fitted, ner_data):
     from tunefuse.fusion import cross_val_fusion
 

@@ -76,7 +76,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
     early stopping on a validation split that restores the best epoch. ``task``: 'text-classification' (texts ->
     labels; a classifier with ``predict_proba``), 'token-classification' (NER: word lists -> BIO tags, or raw texts ->
     entity spans), 'question-answering' (extractive QA: SQuAD examples -> answer texts), 'image-classification',
-    'image-segmentation' (images -> masks), 'object-detection' (images -> boxes); see ``tunefuse.tasks``.
+    'image-segmentation' (images -> masks), 'object-detection' (images -> boxes), 'ctr' (DataFrame rows of ids ->
+    click probability; ``backbone='scratch'`` or a ``tunefuse.pretrain`` folder); see ``tunefuse.tasks``.
 
     >>> clf = Finetuner("minilm-l6", epochs=1, config_overrides={"num_hidden_layers": 1}, verbose=0)
     >>> clf.fit(["great dress", "awful fit", "love it", "poor quality"], [1, 0, 1, 0]).predict(["lovely"]).shape

@@ -1,7 +1,7 @@
 """Tasks by name: one registry of small declarative entries (the task half of backbone × strategy × task).
 
 >>> sorted(TASKS)[:3]
-['image-classification', 'image-segmentation', 'question-answering']
+['ctr', 'image-classification', 'image-segmentation']
 """
 from __future__ import annotations
 

@@ -69,6 +69,9 @@ class Task(Protocol):
     def metric(self, y_true: list, y_pred: list) -> float: ...
     def truth_proba(self, X: list, scores: list, y: list, labels) -> np.ndarray: ...  # structured tasks only
     def fuse(self, member_scores: Sequence[list], weights: Sequence[float]) -> list: ...
+    # Optional hooks, looked up with hasattr: ``scores_metric(y, scores, sample_weight=None)`` ranks validation
+    # epochs and ``score`` on the scores themselves (CTR: AUC) instead of ``metric`` on decoded predictions;
+    # ``check_known(y, labels)`` refuses labels unseen in training; ``frozen_modules(model)`` stays frozen in full FT.
 
 
 def encode_labels(y: Sequence, classes: Sequence, param: str = "y") -> np.ndarray:
