@@ -153,6 +153,7 @@ def test_weighted_boxes_fusion_averages_matched_boxes_and_nms_keeps_one():
         np.testing.assert_allclose(zero["scores"], only["scores"])
 
 
+@pytest.mark.slow
 def test_soft_nms_decays_overlapping_scores_and_nms_keeps_no_overlapping_pair():
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 80, (40, 2))

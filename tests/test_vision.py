@@ -103,7 +103,8 @@ def test_bad_image_inputs_name_the_fix(tmp_path):
             [np.zeros((8, 8))] * 2, [0, 1])
 
 
-@pytest.mark.parametrize("strategy", ["full", "head", "lp-ft", "lora"])
+@pytest.mark.parametrize("strategy", ["full", "head", pytest.param("lp-ft", marks=pytest.mark.slow),
+                                      pytest.param("lora", marks=pytest.mark.slow)])
 def test_every_strategy_learns_digits(digits, fitted, strategy):
     Xtr, ytr, Xte, yte = digits
     ft = fitted["mnv2_0"] if strategy == "full" else Finetuner("mobilenet-v2", strategy, epochs=2, **KW).fit(Xtr, ytr)
