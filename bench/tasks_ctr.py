@@ -21,7 +21,6 @@ fits what is missing (``--fresh`` refits everything).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -43,6 +42,7 @@ import tunefuse  # noqa: E402
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.ctr import MOVIELENS_COLUMNS, TabularModel, label_sample, movielens_100k, report, time_split  # noqa
 from tunefuse.fusion import Bagging, Distillation, EnsembleSelection, Stacking, Voting, WeightFusion  # noqa: E402
+from tunefuse.ctr.pretrain import read_meta  # noqa: E402
 from tunefuse.tasks.ctr import CTR  # noqa: E402
 
 ROOT = Path("runs/bench_tasks_ctr")
@@ -161,7 +161,7 @@ def main() -> None:
         if not (out / "pretrain.json").is_file():
             tunefuse.pretrain(tr.drop(columns=["rating", "click"]), task=CTR(**MOVIELENS_COLUMNS, model=arch), out=out,
                               X_val=va_a.drop(columns=["rating", "click"]), epochs=3 if args.quick else 5, verbose=0)
-        meta = json.loads((out / "pretrain.json").read_text())
+        meta = read_meta(out)
         best = meta["history"][meta["best_epoch"] - 1]
         print(f"pretrain {arch:7s} epochs {len(meta['history'])} (best {meta['best_epoch']}) val HR@10 "
               f"{best['hr@10']:.4f} NDCG@10 {best['ndcg@10']:.4f} ({meta['fit_time_s']:.0f} s)")

@@ -17,10 +17,10 @@ def _check(y, p) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
-def auc(y, p) -> float:
+def auc(y, p, sample_weight=None) -> float:
     """Area under the ROC curve of click probabilities ``p`` (NaN when ``y`` holds one class only)."""
     y, p = _check(y, p)
-    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+    return float(roc_auc_score(y, p, sample_weight=sample_weight)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def gauc(y, p, users) -> float:
