@@ -72,3 +72,30 @@ def test_training_state_of_another_model_is_refused(tmp_path):
     other_opt = make_optimizer(param_groups(other, 1e-2, 0.0))
     with pytest.raises(ValueError, match="was saved for another model"):
         load_training_state(tmp_path / "s", other, other_opt, linear_schedule(other_opt, 10, 0.0))
+
+
+@pytest.mark.parametrize("strategy,kill_at", [("full", 5), ("lp-ft", 9)])  # mid-epoch 2; the last epoch's end
+def test_finetuner_killed_mid_fit_resumes_to_the_uninterrupted_predictions(tmp_path, reviews, strategy, kill_at):
+    """Finetuner(checkpoint_dir=...) saves its training state; the same fit after a crash continues from it."""
+    import numpy as np
+
+    from tests.conftest import TINY
+    from tunefuse import Finetuner, faults
+
+    X, y, Xt, _ = reviews
+    X, y = X[:48], y[:48]  # 3 epochs of 3 steps (batch 16), early stopping on a 10 % split
+    params = dict(TINY, strategy=strategy, epochs=3, checkpoint_every_s=0, random_state=3)
+    expected = Finetuner(**params).fit(X, y)
+    ckpt = tmp_path / "ckpt"
+    faults.arm("step", kill_at, Killed)
+    try:
+        with pytest.raises(Killed):
+            Finetuner(**params, checkpoint_dir=str(ckpt)).fit(X, y)
+    finally:
+        faults.disarm()
+    assert any(ckpt.rglob("training_state.json")), "no training state was saved before the kill"
+    torch.manual_seed(123)  # the caller's RNG moved on: the resumed fit must not depend on it
+    resumed = Finetuner(**params, checkpoint_dir=str(ckpt)).fit(X, y)
+    np.testing.assert_array_equal(resumed.predict_proba(Xt), expected.predict_proba(Xt))
+    assert [h["train_loss"] for h in resumed.history_] == pytest.approx([h["train_loss"] for h in expected.history_])
+    assert not any(ckpt.iterdir()), "a finished fit leaves its training state behind"

@@ -20,7 +20,7 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from . import features
+from . import faults, features
 from .checkpoint import atomic_folder, read_json, write_json
 from .data import predict_batches, split_by_length
 from .device import attention_implementation, autocast, pick_device, resolve_precision
@@ -94,6 +94,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                  freeze_embeddings: bool = False, dropout: float | None = 0.0, pooling: str = "auto",
                  precision: str = "auto", packing: bool | str = "auto", device: str = "auto",
                  config_overrides: dict | None = None, trust_remote_code: bool = False,
+                 checkpoint_dir: str | None = None, checkpoint_every_s: float = 300.0,
                  random_state: int = 0, verbose: int = 1):
         self.backbone = backbone
         self.strategy = strategy
@@ -142,6 +143,13 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.device = device
         self.config_overrides = config_overrides  # e.g. {"num_hidden_layers": 2}: loads the first 2 pretrained layers
         self.trust_remote_code = trust_remote_code
+        # A folder for the training state (weights, optimiser moments, schedule, RNG, loop counters, best epoch) of
+        # an unfinished fit, saved at every epoch's end and every ``checkpoint_every_s`` seconds. A fit of the same
+        # parameters on the same data finds it there after a crash or kill -9 and continues from it, to the same
+        # weights as an uninterrupted fit. Kept in a sub-folder named by a hash of parameters and data (so k-fold
+        # clones sharing one folder never mix), removed once the fit ends. None: no training state is written.
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every_s = checkpoint_every_s
         self.random_state = random_state
         self.verbose = verbose
 
@@ -180,6 +188,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             ("max_length", self.max_length, opt(lambda v: _is_int(v) and v >= 8), "an int >= 8 or None"),
             ("lora_r", self.lora_r, lambda v: _is_int(v) and v >= 1, "an int >= 1"),
             ("random_state", self.random_state, _is_int, "an int"),
+            ("checkpoint_every_s", self.checkpoint_every_s, lambda v: _is_num(v) and v >= 0,
+             "a number of seconds >= 0 (0: after every step)"),
+            ("checkpoint_dir", self.checkpoint_dir, opt(lambda v: isinstance(v, (str, Path))),
+             "None or a folder path"),
             ("template", self.template, opt(lambda v: isinstance(v, str) and v.count("{text}") == 1 and _formats(v)),
              "None or a str with exactly one '{text}' and no other {...} field")]
         for name, value, ok, valid in checks:
@@ -232,6 +244,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                              "whole batch, not one loss per example; fix: pass sample_weight=None, or repeat the "
                              "images you want to weigh more")
         self._fit_examples(X, {"y": y}, labels, w, self._validation(X_val, y_val, labels))
+        self._drop_training_state()
         self.fit_time_ = time.perf_counter() - t0
         return self
 
@@ -251,8 +264,16 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         val = self._validation(X_val, y_val, labels)
         self.task_entry_ = task.fitted(val[1]) if val is not None else task
         self._fit_examples(X, {"soft": scores}, labels, np.ones(len(X)), val)
+        self._drop_training_state()
         self.fit_time_ = time.perf_counter() - t0
         return self
+
+    def _drop_training_state(self) -> None:
+        """A finished fit's training state is not needed any more: remove its folder (other fits' stay)."""
+        if self.checkpoint_dir is not None:
+            import shutil
+
+            shutil.rmtree(Path(self.checkpoint_dir) / self._resume_key, ignore_errors=True)
 
     def _validation(self, X_val, y_val, labels):
         if X_val is None:
@@ -289,8 +310,22 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             X, target, w = _safe_indexing(X, tr), {"y": pick(y, tr)}, w[tr]
         self.device_ = pick_device(self.device)
         self.precision_ = self._resolve_precision()
+        self._resume_key = self._fit_key(X, target, w, val) if self.checkpoint_dir is not None else None
         with torch.random.fork_rng(devices=[]):  # seeds the head init and dropout without touching the caller's RNG
             self._fit(X, target, labels, w, val, stop)
+
+    def _fit_key(self, X, target, w, val) -> str:
+        """A hash of what decides the trained weights (parameters, training rows, targets, weights, validation):
+        the name of this fit's training-state folder inside ``checkpoint_dir``."""
+        import hashlib
+
+        from .fusion.members import _digest
+
+        ignored = {"verbose", "checkpoint_dir", "checkpoint_every_s", "device"}
+        params = {k: repr(v) for k, v in sorted(self.get_params(deep=False).items()) if k not in ignored}
+        parts = [json.dumps(params), _digest(X), _digest(target.get("y", target.get("soft"))), _digest(w),
+                 _digest(val) if val is not None else "-", str(self.device_)]
+        return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:16]
 
     def _fit(self, X, target, labels, w, val, stop) -> None:
         task, strategy = self.task_, get_strategy(self.strategy)
@@ -481,10 +516,14 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         def snapshot() -> dict:
             return {k: p.detach().clone() for k, p in trainable}
 
-        state = train_loop(forward, n, w_units, params, optimizer, scheduler, cfg, LoopState(),
+        state, on_step_end = self._resumed_state(module, optimizer, scheduler, stage, -(-n // self.batch_size))
+        state = train_loop(forward, n, w_units, params, optimizer, scheduler, cfg, state,
                            evaluate=evaluate if val is not None else None, snapshot=snapshot, anchor=anchor,
+                           on_step_end=on_step_end,
                            train_mode=self._train_mode(module, get_strategy(self.strategy).probe),
                            verbose=self.verbose > 0)
+        if on_step_end is not None:  # the finished loop: a kill from here on resumes past it
+            on_step_end(state, force=True)
         if state.best and state.best_epoch < state.epoch:  # restore the best epoch's weights (early stopping)
             with torch.no_grad():
                 for k, p in trainable:
@@ -493,6 +532,33 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         self.history_ += [dict(r, stage=stage) for r in state.history]
         self.loop_state_ = state
         module.eval()
+
+    def _resumed_state(self, module, optimizer, scheduler, stage: str, steps_per_epoch: int):
+        """The loop state to start from (a saved one of this very fit, restored into ``module``, the optimiser and
+        the schedule, or a fresh one) and the step hook that saves it; (LoopState(), None) without
+        ``checkpoint_dir``."""
+        if self.checkpoint_dir is None:
+            return LoopState(), None
+        from .train import load_training_state, save_training_state
+
+        folder = Path(self.checkpoint_dir) / self._resume_key / f"stage-{stage}"
+        state = LoopState()
+        if (folder / "training_state.json").is_file():
+            state = load_training_state(folder, module, optimizer, scheduler)
+            if self.verbose:
+                print(f"resuming {stage} training from {folder} (epoch {state.epoch}, step {state.step})",
+                      flush=True)
+        last = time.monotonic()
+
+        def on_step_end(state: LoopState, force: bool = False) -> None:
+            nonlocal last
+            epoch_end = state.step % steps_per_epoch == 0
+            if force or epoch_end or time.monotonic() - last >= self.checkpoint_every_s:
+                save_training_state(folder, module, optimizer, scheduler, state)
+                last = time.monotonic()
+            faults.point("step")
+
+        return state, on_step_end
 
     def _evaluate(self, X_val, y_val) -> dict:
         """Validation metric (``val_score``, higher is better) and, for classifiers, log-loss (``val_loss``)."""

@@ -44,6 +44,7 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)  # this epoch's step losses so far (a resumed epoch's mean)
     best: dict[str, torch.Tensor] = field(default_factory=dict)  # the best epoch's trainable weights
+    finished: bool = False  # the loop returned (all epochs run, or early stopping): a resumed fit skips it
 
 
 def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0,
@@ -163,7 +164,10 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
 
     Resumes from ``state`` (epoch, step inside the epoch, early-stopping counters): with the model, optimiser and
     scheduler restored by :func:`load_training_state`, a resumed run continues exactly where the saved one stood.
+    A state that is already ``finished`` returns at once.
     """
+    if state.finished:
+        return state
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state.step, disable=not verbose, desc="fit", unit="step")
     for epoch in range(state.epoch, cfg.epochs):
@@ -206,6 +210,7 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
             state.bad_epochs += 1
             if cfg.patience is not None and state.bad_epochs >= cfg.patience:
                 break
+    state.finished = True
     bar.close()
     return state
 
