@@ -20,6 +20,9 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise ValueError(f"path={str(path)!r} is an existing file; fix: pass a folder path to save into")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); the saved folder gets the usual permissions
     try:
         yield tmp
         faults.point("save")  # bench/resume.py kills here: the temp folder is written, the rename not done

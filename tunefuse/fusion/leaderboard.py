@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils import _safe_indexing
 
@@ -26,6 +26,7 @@ _METRICS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
     "balanced_accuracy": lambda y, p, c: balanced_accuracy_score(y, c[p.argmax(1)]),
     "f1_macro": lambda y, p, c: f1_score(y, c[p.argmax(1)], average="macro"),
     "neg_log_loss": lambda y, p, c: -log_loss(y, p, labels=c),
+    "roc_auc": lambda y, p, c: roc_auc_score(np.asarray(y) == c[-1], p[:, -1]),  # binary: CTR
 }
 COLUMNS = ["model", "kind", "val_score", "val_se", "val_loss", "test_score", "fit_time_s", "predict_time_s", "size_mb",
            "weights"]
@@ -34,6 +35,14 @@ COLUMNS = ["model", "kind", "val_score", "val_se", "val_loss", "test_score", "fi
 def _standard_error(metric: str, y: np.ndarray, proba: np.ndarray, classes: np.ndarray, value: float) -> float:
     """Standard error of a validation score over its rows: the spread of the per-row values (correct or not; the
     log-loss) over sqrt(n). Balanced accuracy and macro-F1 have no per-row value: their binomial approximation."""
+    if metric == "roc_auc":  # Hanley & McNeil (1982): the AUC's standard error from its value and the class counts
+        pos = int(np.sum(y == classes[-1]))
+        neg = len(y) - pos
+        if pos == 0 or neg == 0:
+            return math.nan
+        q1, q2 = value / (2 - value), 2 * value ** 2 / (1 + value)
+        var = (value * (1 - value) + (pos - 1) * (q1 - value ** 2) + (neg - 1) * (q2 - value ** 2)) / (pos * neg)
+        return float(math.sqrt(max(var, 0.0)))
     if metric == "accuracy":
         per_row = (classes[proba.argmax(1)] == y).astype(float)
     elif metric == "neg_log_loss" and np.isin(y, classes).all():

@@ -171,8 +171,11 @@ def _is_jsonable(value: Any) -> bool:
         return False
 
 
-def save_fusion(fusion: Any, path: str | os.PathLike) -> Path:
+def save_fusion(fusion: Any, path: str | os.PathLike, *, member_refs: dict[str, Any] | None = None) -> Path:
     """Save a fitted tunefuse fusion into folder ``path``, atomically.
+
+    ``member_refs``: member name -> the folder where :func:`save_member` already saved it (a run folder's
+    members/NAME): the fusion stores a relative reference instead of a second copy of its weights.
 
     >>> import tempfile
     >>> from sklearn.datasets import load_iris
@@ -199,7 +202,12 @@ def save_fusion(fusion: Any, path: str | os.PathLike) -> Path:
     fitted_objects: dict[str, Any] = {}
     with atomic_folder(path) as tmp:
         for i, (name, est) in enumerate(members):
-            save_member(est, tmp / "members" / f"{i}-{name}")
+            if member_refs and name in member_refs:
+                ref = os.path.relpath(Path(member_refs[name]).resolve(), path.resolve())
+                (tmp / "members").mkdir(exist_ok=True)
+                (tmp / "members" / f"{i}-{name}.ref.json").write_text(json.dumps({"path": ref}))
+            else:
+                save_member(est, tmp / "members" / f"{i}-{name}")
         for key, value in vars(fusion).items():
             if not key.endswith("_") or key.startswith("_") or key in ("members_", "ensemble_"):
                 continue
@@ -238,6 +246,18 @@ def save_fusion(fusion: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def _member_folder(path: Path, i: int, name: str) -> Path:
+    """A fusion's i-th member folder: its own copy, or the folder a ``.ref.json`` points to."""
+    ref = path / "members" / f"{i}-{name}.ref.json"
+    if not ref.is_file():
+        return path / "members" / f"{i}-{name}"
+    target = (path / json.loads(ref.read_text())["path"]).resolve()
+    if not target.is_dir():
+        raise ValueError(f"{str(path)!r}: member {name!r} is a reference to {str(target)!r}, which does not exist; "
+                         "fix: keep the fusion inside its run folder, or save it without member_refs")
+    return target
+
+
 def load_fusion(path: str | os.PathLike, *, trusted: Iterable[str | type] | None = None) -> Any:
     """Load a fusion saved by :func:`save_fusion`; its ``members`` become the loaded fitted members.
 
@@ -257,7 +277,7 @@ def load_fusion(path: str | os.PathLike, *, trusted: Iterable[str | type] | None
     if meta.get("format") != "tunefuse-fusion":
         raise ValueError(f"{path}/fusion.json has format={meta.get('format')!r}: expected 'tunefuse-fusion'")
     cls = _import_own(meta["class"], path)
-    members = [(name, load_member(path / "members" / f"{i}-{name}", trusted=trusted))
+    members = [(name, load_member(_member_folder(path, i, name), trusted=trusted))
                for i, name in enumerate(meta["member_names"])]
     params = dict(meta["params"])
     if (path / "params.skops").is_file():

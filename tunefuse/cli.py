@@ -1,0 +1,233 @@
+"""The ``tunefuse`` command (typer): fit a config into a run folder, resume it, predict, evaluate, report.
+
+Exit codes: 0 done; 1 a failure of tunefuse's own (a bug: please report it with the traceback it prints);
+2 bad input (a config, a data file, a run folder, a model name: one line says what and how to fix it);
+130 interrupted (Ctrl-C: the run folder is left resumable).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(name="tunefuse", no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+                  help="Fine-tune pretrained backbones and fuse them into one predictor, from a YAML config.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               UnicodeDecodeError)
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+
+
+def guarded(fn):
+    """Bad input -> one line and exit 2; Ctrl-C -> exit 130; anything else is ours -> traceback and exit 1."""
+
+    @wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            _err("interrupted; the run folder is resumable: run the same command again to continue")
+            raise typer.Exit(130) from None
+        except USER_ERRORS as e:
+            _err(" ".join(str(e).split()) or type(e).__name__)
+            raise typer.Exit(2) from None
+        except Exception:  # noqa: BLE001 - a bug of ours: say so, with the traceback
+            traceback.print_exc()
+            _err("this is a failure inside tunefuse, not of your input; please report it with the traceback above")
+            raise typer.Exit(1) from None
+
+    return run
+
+
+def _config(config: Path, sets: list[str] | None):
+    from .runs.config import load_config
+
+    return load_config(config, sets or [])
+
+
+SetOption = typer.Option(None, "--set", "-s", help="override a config key, e.g. --set seed=1 --set "
+                                                 "members[0].params.epochs=1 (values are YAML)")
+
+
+@app.command()
+@guarded
+def fit(config: Path = typer.Argument(..., help="the YAML config, e.g. examples/reviews.yaml"),
+        set_: Optional[list[str]] = SetOption,
+        dry_run: bool = typer.Option(False, "--dry-run", help="check everything and say what would run; fit nothing"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines")):
+    """Fit the config's members and fusions into its output folder; the same command again resumes it."""
+    from .runs.experiment import dry_run as plan, fit_run
+
+    cfg = _config(config, set_)
+    if dry_run:
+        typer.echo(plan(cfg))
+        return
+    say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg))
+    result = fit_run(cfg, say=say)
+    if quiet:
+        typer.echo(f"chosen: {result.verdict.chosen}")
+
+
+@app.command()
+@guarded
+def validate(config: Path = typer.Argument(..., help="the YAML config"), set_: Optional[list[str]] = SetOption,
+             data: bool = typer.Option(True, "--data/--no-data", help="also read the data files")):
+    """Check a config (keys, values, members' parameters, and the data files) without fitting anything."""
+    from .runs.experiment import task_entry
+    from .runs.inputs import load_data
+
+    cfg = _config(config, set_)
+    task_entry(cfg)
+    msg = f"{config}: valid; {len(cfg.expanded_members())} member(s), {len(cfg.fusions)} fusion(s) -> {cfg.output}"
+    if data:
+        msg += f"; data: {load_data(cfg).sizes()}"
+    typer.echo(msg)
+
+
+def _open_run(run: Path):
+    from .runs.config import load_config
+    from .runs.folder import RunFolder
+
+    folder = RunFolder(run)
+    meta = folder.read_run()
+    return folder, meta, load_config(folder.config_file)
+
+
+@app.command()
+@guarded
+def predict(run: Path = typer.Argument(..., help="a run folder written by `tunefuse fit`"),
+            data: Path = typer.Argument(..., help="examples in the run's data format (labels not needed)"),
+            model: Optional[str] = typer.Option(None, "--model", "-m", help="a member or fusion; default: the "
+                                                                            "verdict's chosen model"),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="a .csv or .jsonl file; default: "
+                                               "RUN/predictions/MODEL.DATA.jsonl")):
+    """Predict DATA with a run's model; writes one row an example (see tunefuse.runs.evaluate for the format)."""
+    from .runs.evaluate import load_model, write_prediction_file
+    from .runs.experiment import task_entry
+    from .runs.inputs import read_examples
+
+    folder, meta, cfg = _open_run(run)
+    name = model or meta.get("chosen")
+    if not name:
+        raise ValueError(f"run {str(run)!r} has no chosen model yet (its fit did not finish); fix: finish it with "
+                         "`tunefuse fit`, or pass --model NAME")
+    if out is not None and out.suffix not in (".csv", ".jsonl"):
+        raise ValueError(f"--out {str(out)!r}: the suffix must be .csv or .jsonl; fix: e.g. --out predictions.csv")
+    task = task_entry(cfg)
+    X, _ = read_examples(task.name, str(data), cfg.data, "DATA", labelled=False)
+    est = load_model(folder, name)
+    path = out or folder.path / "predictions" / f"{name}.{data.stem}.jsonl"
+    write_prediction_file(path, task, est, X)
+    typer.echo(f"{len(X)} predictions of {name} written to {path}")
+
+
+@app.command()
+@guarded
+def evaluate(run: Path = typer.Argument(..., help="a run folder"),
+             data: Path = typer.Argument(..., help="labelled examples in the run's data format"),
+             model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="models to score (default: all)")):
+    """Score a run's models on labelled DATA with the task's metric."""
+    from .runs.evaluate import score_models
+    from .runs.experiment import task_entry
+    from .runs.inputs import read_examples
+
+    folder, meta, cfg = _open_run(run)
+    task = task_entry(cfg)
+    X, y = read_examples(task.name, str(data), cfg.data, "DATA", labelled=True)
+    typer.echo(score_models(folder, task, X, y, model or None).to_string(index=False))
+
+
+@app.command()
+@guarded
+def report(run: Path = typer.Argument(..., help="a run folder whose fit finished")):
+    """Rewrite RUN/report.html (and the leaderboard) from the run's saved members."""
+    from .runs.experiment import fit_run
+
+    folder, meta, cfg = _open_run(run)
+    if meta.get("status") != "done":
+        raise ValueError(f"run {str(run)!r} has not finished (status {meta.get('status')!r}); fix: run `tunefuse fit "
+                         f"{folder.config_file}` to finish it, which writes the report")
+    cfg = cfg.model_copy(update={"output": str(folder.path)})
+    result = fit_run(cfg, say=lambda m: None)
+    typer.echo(f"report: {result.run.path / 'report.html'}")
+
+
+LISTS = ("backbones", "tasks", "strategies", "fusions", "datasets")
+
+
+@app.command("list")
+@guarded
+def list_(what: Optional[str] = typer.Argument(None, help=f"one of {', '.join(LISTS)}; default: all")):
+    """Backbones (with licences), tasks, strategies, fusion methods (with papers) and named datasets."""
+    if what is not None and what not in LISTS:
+        from .runs.config import closest
+
+        raise ValueError(f"list {what!r} is not valid; valid: {list(LISTS)}{closest(what, LISTS)}")
+    for section in [what] if what else LISTS:
+        typer.echo(f"{section}:")
+        for line in _listing(section):
+            typer.echo(f"  {line}")
+
+
+def _listing(section: str) -> list[str]:
+    if section == "backbones":
+        from .backbones import BACKBONES
+
+        return [f"{b.name:<20} {b.modality:<8} {b.params_m:>6.1f} M  {b.license}" for b in BACKBONES.values()] + [
+            f"{'scratch':<20} {'ctr':<8} {'':>6}    a CTR network from random weights",
+            f"{'tfidf-logreg':<20} {'text':<8} {'':>6}    baseline: TF-IDF + logistic regression (scikit-learn)",
+            f"{'ctr-lr / ctr-hgb':<20} {'ctr':<8} {'':>6}    baselines: logistic regression / gradient boosting"]
+    if section == "tasks":
+        from .tasks import ALIASES, TASKS
+
+        alias = {}
+        for a, t in ALIASES.items():
+            alias.setdefault(t, []).append(a)
+        return [f"{n:<22} {t.modality:<8} aliases: {', '.join(alias.get(n, [])) or '-'}" for n, t in TASKS.items()]
+    if section == "strategies":
+        from .strategies import STRATEGIES
+
+        return [f"{s.name:<8} {s.paper}" for s in STRATEGIES.values()]
+    if section == "fusions":
+        from .fusion import FUSION_METHODS
+
+        return [f"{m.name:<20} {m.kind:<7} {m.paper}" for m in FUSION_METHODS.values()]
+    from .runs.inputs import NAMED
+
+    return [f"{n:<16} {t:<22} {d}" for n, (t, d) in NAMED.items()]
+
+
+@app.command()
+@guarded
+def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write it here instead of stdout")):
+    """The config's JSON schema, for editors (yaml-language-server: $schema=...)."""
+    from .runs.config import config_schema
+    from .runs.folder import atomic_write
+
+    text = json.dumps(config_schema(), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write(out, text)
+        typer.echo(f"schema written to {out}")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app(prog_name="tunefuse")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
