@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunefuse-installed
 
-.PHONY: demo test test-fast bench-speed bench-fusion bench-cost bench-tasks bench-vision clean
+.PHONY: demo test test-fast browser bench-speed bench-fusion bench-cost bench-tasks bench-vision bench-resume clean
 
 $(STAMP): pyproject.toml requirements/assets.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -19,11 +19,16 @@ $(STAMP): pyproject.toml requirements/assets.txt
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m tunefuse.demo
 
-test: $(STAMP)
+# The report test renders report.html in headless Chromium (Debian's chromium-headless-shell; root installs it).
+browser:
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null; }
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): the suite is missing" >&2; exit 1; fi; exit $$rc
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10 -m "not slow" tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): the suite is missing" >&2; exit 1; fi; exit $$rc
 
@@ -41,6 +46,9 @@ bench-tasks: $(STAMP)
 
 bench-vision: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/tasks_vision.py
+
+bench-resume: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/resume.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -36,7 +36,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
-from tunefuse.demo import tfidf_logreg  # noqa: E402
+from tunefuse.baselines import tfidf_logreg  # noqa: E402
 from tunefuse.fusion import (Bagging, Boosting, Distillation, EnsembleSelection, Stacking, Voting,  # noqa: E402
                              WeightFusion, cross_val_fusion, format_leaderboard, leaderboard, load_fusion,
                              save_fusion)

@@ -1,14 +1,17 @@
+import pandas as pd
 import pytest
 
 from tunefuse import demo
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
-    board = demo.main(["--train", "160", "--test", "96", "--epochs", "1", "--layers", "1", "--out",
-                       str(tmp_path / "report")])
-    out = capsys.readouterr().out
-    assert {"minilm_full", "minilm_head", "tfidf_logreg", "stacking", "greedy_soup"} <= set(board["model"])
-    assert "test_macro_f1" in board.columns and "best by validation" in out
-    assert {p.name for p in (tmp_path / "report").iterdir()} == {"leaderboard.csv", "leaderboard.png",
-                                                                 "learning_curves.png", "calibration.png"}
+def test_demo_runs_the_reviews_example_end_to_end(tmp_path):
+    """`make demo` = tunefuse fit examples/reviews.yaml: members, fusions, leaderboard, verdict, report."""
+    result = demo.main(["--set", "data.options={n_train: 120, n_test: 40}",
+                        "--set", "members[0].params={epochs: 1, config_overrides: {num_hidden_layers: 1}}",
+                        "--set", "members[1].params={config_overrides: {num_hidden_layers: 1}}",
+                        "--set", f"output={tmp_path / 'run'}"])
+    board = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
+    assert {"minilm-lpft", "minilm-head", "tfidf", "stacking", "wise_ft"} <= set(board["model"])
+    assert result.verdict.chosen in set(board["model"])
+    assert (tmp_path / "run" / "report.html").is_file()

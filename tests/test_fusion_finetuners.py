@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tunefuse import Finetuner, features
-from tunefuse.demo import tfidf_logreg
+from tunefuse.baselines import tfidf_logreg
 from tunefuse.fusion import (FUSION_METHODS, Bagging, Distillation, Stacking, Voting, WeightFusion, get_fusion_method,
                              leaderboard, load_fusion, save_fusion, soup_from_checkpoints)
 from tunefuse.fusion.soups import METHODS, state_of

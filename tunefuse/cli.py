@@ -164,6 +164,49 @@ def report(run: Path = typer.Argument(..., help="a run folder whose fit finished
     typer.echo(f"report: {result.run.path / 'report.html'}")
 
 
+@app.command()
+@guarded
+def export(run: Path = typer.Argument(..., help="a run folder"),
+           model: Optional[str] = typer.Option(None, "--model", "-m", help="a member or a soup; default: the chosen "
+                                                                           "model"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="the export folder; default: "
+                                                                        "RUN/export/MODEL")):
+    """Export one network (a member or a soup) to ONNX with its tokenizer.json or preprocessing spec and an example
+    that runs it with onnxruntime alone; checked against torch within 1e-4."""
+    from .export import export_onnx
+    from .runs.evaluate import load_model
+
+    folder, meta, cfg = _open_run(run)
+    name = model or meta.get("chosen")
+    if not name:
+        raise ValueError(f"run {str(run)!r} has no chosen model yet; fix: finish its fit, or pass --model NAME")
+    est = load_model(folder, name)
+    images = None
+    if getattr(getattr(est, "task_", None), "modality", "") == "vision":
+        from .runs.inputs import load_data
+
+        images = list(load_data(cfg).X_val[:4])
+    target = out or folder.path / "export" / name
+    check = export_onnx(est, target, images=images)
+    typer.echo(f"{name} exported to {target} (ONNX vs torch: max |difference| {check['max_abs_diff']:.1e} on "
+               f"{check['rows']} inputs); run: python {target / 'example.py'}")
+
+
+@app.command()
+@guarded
+def serve(run: Path = typer.Argument(..., help="a run folder"),
+          model: Optional[str] = typer.Option(None, "--model", "-m", help="a member or fusion; default: the chosen "
+                                                                          "model"),
+          host: str = typer.Option("127.0.0.1", help="the address to listen on"),
+          port: int = typer.Option(8000, min=1, max=65535),
+          max_batch: int = typer.Option(32, min=1, help="inputs a forward pass at most (dynamic batching)"),
+          max_wait_ms: float = typer.Option(5.0, min=0, help="how long a request waits for others to batch with")):
+    """Serve a run's model over HTTP: POST /predict {"inputs": [...]}, GET /health, GET /metadata."""
+    from .serve import serve as run_server
+
+    run_server(run, model, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms)
+
+
 LISTS = ("backbones", "tasks", "strategies", "fusions", "datasets")
 
 

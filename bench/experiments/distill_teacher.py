@@ -26,7 +26,7 @@ from fusion_quality import digest, fit_or_load, held_out_split, members_spec  # 
 
 from tunefuse import Finetuner  # noqa: E402
 from tunefuse.datasets import load_reviews  # noqa: E402
-from tunefuse.demo import tfidf_logreg  # noqa: E402
+from tunefuse.baselines import tfidf_logreg  # noqa: E402
 from tunefuse.fusion import Distillation, EnsembleSelection  # noqa: E402
 from tunefuse.fusion.members import cached  # noqa: E402
 

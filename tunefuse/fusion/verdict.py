@@ -64,6 +64,7 @@ class Verdict:
             if self.notes:
                 s += ": " + "; ".join(self.notes)
             return s + "."
+        notes = ("; " + "; ".join(self.notes)) if self.notes else ""
         interval = f"[{pts(self.low)}, {pts(self.high)}] 95 % paired bootstrap" if not math.isnan(self.low) else ""
         s = (f"Ship {self.chosen!r} ({self.kind}): {pts(self.lift)} points of {self.metric} over the best member "
              f"{self.best_member!r} on {self.n_val} validation rows {interval}")
@@ -75,7 +76,7 @@ class Verdict:
             s += f" and {self.size_ratio:.1f}x its size on disk"
         if not math.isnan(self.test_lift):
             s += f"; on the test rows: {pts(self.test_lift)} points"
-        return s + "."
+        return s + notes + "."
 
 
 def verdict(board: pd.DataFrame, *, rule: str = "standard-error", val_credit: dict[str, np.ndarray] | None = None,
@@ -87,6 +88,7 @@ def verdict(board: pd.DataFrame, *, rule: str = "standard-error", val_credit: di
     validation predictions on rows ``idx``), to measure the lift's interval."""
     chosen = choose(board, rule)
     members = board[board["kind"] == "member"]
+    in_sample = board["model"][board["val_mode"] == "in-sample"].tolist() if "val_mode" in board else []
     if members.empty:
         raise ValueError("verdict: the leaderboard has no member row (kind == 'member'); fix: include the members")
     best = members.sort_values(["val_score", "val_loss"], ascending=[False, True], kind="stable").iloc[0]
@@ -102,9 +104,12 @@ def verdict(board: pd.DataFrame, *, rule: str = "standard-error", val_credit: di
                                     n_boot=min(n_boot, 200), seed=seed)
         return math.nan, math.nan, math.nan
 
+    if in_sample:
+        v.notes.append(f"not considered: {in_sample}, whose validation score is in-sample (too few validation rows "
+                       "to cross-fit them)")
     row = lambda name: board.set_index("model").loc[name]  # noqa: E731
     if v.kind == "member":
-        fusions = board[board["kind"] != "member"]
+        fusions = board[(board["kind"] != "member") & ~board["model"].isin(in_sample)]
         if not fusions.empty:
             f = fusions.sort_values(["val_score", "val_loss"], ascending=[False, True], kind="stable").iloc[0]
             lift, lo, hi = lift_of(str(f["model"]), v.chosen)
@@ -142,6 +147,8 @@ def choose(board: pd.DataFrame, rule: str = "standard-error") -> str:
     """
     if board.empty:
         raise ValueError("choose: the leaderboard is empty; fix: fit at least one member")
+    if "val_mode" in board and (board["val_mode"] != "in-sample").any():
+        board = board[board["val_mode"] != "in-sample"]  # a score on the rows a model was fitted on proves nothing
     if rule == "validation":
         b = board.sort_values(["val_score", "val_loss"], ascending=[False, True], kind="stable", na_position="last")
         return str(b.iloc[0]["model"])

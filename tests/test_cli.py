@@ -1,0 +1,399 @@
+"""The tunefuse command: a real tiny fit into a run folder (shared by the tests here), predict, evaluate, report, list,
+schema, the lock, resume after a kill, the report rendered in a real browser, the example configs."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tunefuse.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+TINY_PARAMS = {"epochs": 2, "config_overrides": {"num_hidden_layers": 1}}
+
+
+def tiny_config(out, **extra) -> dict:
+    cfg = {"task": "text-classification",
+           "data": {"train": "reviews", "options": {"n_train": 160, "n_test": 80}},
+           "members": [{"name": "ft", "backbone": "minilm-l6", "strategy": "full", "params": dict(TINY_PARAMS),
+                        "grid": {"random_state": [0, 1]}},
+                       {"name": "tfidf", "backbone": "tfidf-logreg"}],
+           "fusions": [{"method": "stacking"}, {"method": "vote_soft"},
+                       {"method": "greedy_soup", "members": ["ft-random_state=0", "ft-random_state=1"]}],
+           "seed": 0, "output": str(out), "checkpoint_every_s": 0}
+    cfg.update(extra)
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory):
+    """One real run of the tiny config (2 one-layer MiniLM members, TF-IDF, 3 fusions), fitted once for the module."""
+    root = tmp_path_factory.mktemp("cli")
+    cfg = write_config(root / "tiny.yaml", tiny_config(root / "run"))
+    result = invoke("fit", cfg, "--quiet")
+    assert result.exit_code == 0, result.output
+    return root / "run", cfg
+
+
+def test_fit_writes_the_documented_run_folder(fitted_run):
+    run, _ = fitted_run
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "leaderboard.csv", "report.html", "verdict.txt",
+                 "calibration.json"):
+        assert (run / name).is_file(), name
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["format"] == "tunefuse.run/1" and meta["status"] == "done"
+    assert {"tunefuse", "torch", "transformers"} <= set(meta["versions"])
+    board = pd.read_csv(run / "leaderboard.csv")
+    assert set(board["model"]) == {"ft-random_state=0", "ft-random_state=1", "tfidf", "stacking", "vote_soft",
+                                   "greedy_soup"}
+    assert board["val_se"].gt(0).all() and board["test_score"].between(0, 1).all()
+    modes = dict(zip(board["model"], board["val_mode"]))
+    assert modes["stacking"] == modes["greedy_soup"] == "cross-fitted" and modes["vote_soft"] == "held-out"
+    assert {"ece", "ece_temperature"} <= set(board.columns)
+    assert meta["chosen"] in set(board["model"])
+    for name in board["model"]:  # test predictions of every model, one row a test review
+        pred = pd.read_csv(run / "predictions" / f"{name}.csv")
+        assert len(pred) == 80 and {"id", "prediction", "proba_0", "proba_1"} <= set(pred.columns)
+        np.testing.assert_allclose(pred[["proba_0", "proba_1"]].sum(axis=1), 1, atol=1e-5)
+    events = [json.loads(line)["event"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("member") == 3 and "epoch" in events and events[-1] == "done"
+    assert not any((run / "state").rglob("*.safetensors")), "finished members leave no training state"
+    # the greedy soup's saved fusion references the run's members instead of copying them
+    assert (run / "fusions" / "stacking" / "model" / "members").is_dir()
+    assert not list((run / "fusions" / "stacking" / "model" / "members").rglob("*.safetensors"))
+    html = (run / "report.html").read_text()
+    assert "Verdict." in html and html.count("data:image/png;base64,") >= 5 and "<table>" in html
+
+
+@pytest.mark.slow
+def test_second_fit_skips_every_member_and_reproduces_the_predictions(fitted_run):
+    run, cfg = fitted_run
+    before = {p.name: p.read_bytes() for p in (run / "predictions").glob("*.csv")}
+    result = invoke("fit", cfg)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("fitted already") == 3
+    assert {p.name: p.read_bytes() for p in (run / "predictions").glob("*.csv")} == before
+
+
+def test_predict_and_evaluate_on_a_csv_file(fitted_run, tmp_path, reviews):
+    run, _ = fitted_run
+    _, _, Xt, yt = reviews
+    data = tmp_path / "new.csv"
+    pd.DataFrame({"text": Xt["text"][:20], "label": yt[:20]}).to_csv(data, index=False)
+    out = tmp_path / "pred.csv"
+    result = invoke("predict", run, data, "--out", out)
+    assert result.exit_code == 0, result.output
+    pred = pd.read_csv(out)
+    assert len(pred) == 20 and set(pred["prediction"]) <= {0, 1}
+    result = invoke("predict", run, data, "--model", "stacking")
+    assert result.exit_code == 0, result.output
+    lines = (run / "predictions" / "stacking.new.jsonl").read_text().splitlines()
+    assert len(lines) == 20 and set(json.loads(lines[0])) == {"id", "prediction", "proba"}
+    result = invoke("evaluate", run, data)
+    assert result.exit_code == 0, result.output
+    assert "greedy_soup" in result.output and "accuracy" in result.output
+
+
+@pytest.mark.slow
+def test_report_rewrites_the_report(fitted_run):
+    run, _ = fitted_run
+    (run / "report.html").unlink()
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
+    assert (run / "report.html").stat().st_size > 20_000
+
+
+def chromium() -> str:
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("no headless Chromium: `make test` installs Debian's chromium-headless-shell package when it is "
+                "missing (apt-get install chromium-headless-shell)")
+
+
+def test_report_renders_in_a_real_browser(fitted_run, tmp_path):
+    """Headless Chromium opens report.html and takes a screenshot; the picture is not blank."""
+    from PIL import Image
+
+    run, _ = fitted_run
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1200,1800", f"--screenshot={shot}", (run / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.shape == (1800, 1200)
+    assert img.std() > 20, "the screenshot is blank"
+    dark = (img < 128).mean()
+    assert 0.01 < dark < 0.5, f"{dark:.3f} of the page is dark: text and figures should be drawn"
+    keep = ROOT / "runs" / "report_screenshot.png"  # kept for a person to look at
+    keep.parent.mkdir(exist_ok=True)
+    shutil.copy(shot, keep)
+
+
+def test_dry_run_fits_nothing_and_says_what_it_would_do(fitted_run, tmp_path):
+    run, cfg = fitted_run
+    result = invoke("fit", cfg, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("fitted (skipped)") == 3
+    other = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "fresh"))
+    result = invoke("fit", other, "--dry-run", "--set", "seed=3")
+    assert result.exit_code == 0 and result.output.count("-> to fit") == 3
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_validate_list_and_schema(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "r"))
+    result = invoke("validate", cfg)
+    assert result.exit_code == 0 and "valid; 3 member(s), 3 fusion(s)" in result.output
+    result = invoke("list")
+    assert result.exit_code == 0
+    for text in ("backbones:", "apache-2.0", "fusions:", "Wolpert", "datasets:", "movielens-100k", "lp-ft"):
+        assert text in result.output
+    result = invoke("list", "fusions")
+    assert result.exit_code == 0 and "greedy_soup" in result.output and "backbones:" not in result.output
+
+
+def test_published_schema_is_current():
+    """examples/tunefuse.schema.json is what `tunefuse schema` prints (regenerate it with `tunefuse schema -o`)."""
+    from tunefuse.runs.config import config_schema
+
+    published = json.loads((EXAMPLES / "tunefuse.schema.json").read_text())
+    assert published == json.loads(json.dumps(config_schema()))
+    assert published["additionalProperties"] is False and "members" in published["required"]
+
+
+def test_a_second_fit_of_a_locked_run_folder_is_refused(tmp_path):
+    from tunefuse.runs.folder import RunFolder
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run"))
+    with RunFolder(tmp_path / "run").lock():
+        result = invoke("fit", cfg)
+    assert result.exit_code == 2
+    assert "is being written by another `tunefuse fit`" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,count", [("member", 1), ("step", 3), ("fusion", 2), ("save", 2)])
+def test_a_fit_killed_at_any_moment_resumes_to_the_uninterrupted_result(fitted_run, tmp_path, point, count):
+    """A crash at an injection point (in-process: an exception in place of SIGKILL; bench/resume.py kills for real),
+    then the same fit again: the same test predictions and leaderboard scores as the uninterrupted run."""
+    from tunefuse import faults
+    from tunefuse.runs.config import load_config
+    from tunefuse.runs.experiment import fit_run
+
+    reference, _ = fitted_run
+    cfg = load_config(tiny_config(tmp_path / "run"))
+    faults.arm(point, count, KeyboardInterrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_run(cfg, say=lambda m: None)
+    finally:
+        faults.disarm()
+    fit_run(cfg, say=lambda m: None)
+    for p in (reference / "predictions").glob("*.csv"):
+        assert (tmp_path / "run" / "predictions" / p.name).read_bytes() == p.read_bytes(), p.name
+    cols = ["model", "val_score", "val_se", "test_score", "ece"]
+    a = pd.read_csv(reference / "leaderboard.csv")[cols].round(4)
+    b = pd.read_csv(tmp_path / "run" / "leaderboard.csv")[cols].round(4)
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_fit_then_resume_in_a_real_process(fitted_run, tmp_path):
+    """kill -9 (SIGKILL from the fault point) inside a member's epoch; `tunefuse fit` again finishes identically."""
+    reference, _ = fitted_run
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run"))
+    env = dict(os.environ, TUNEFUSE_FAULT="step:5")
+    cmd = [sys.executable, "-m", "tunefuse.cli", "fit", str(cfg), "--quiet"]
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert list((tmp_path / "run" / "state").rglob("training_state.json")), "no training state before the kill"
+    env.pop("TUNEFUSE_FAULT")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for p in (reference / "predictions").glob("*.csv"):
+        assert (tmp_path / "run" / "predictions" / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+@pytest.mark.slow
+def test_real_subprocess_exit_codes(tmp_path):
+    """The installed console script: 0 on success, 2 with one line on bad input, no traceback."""
+    exe = shutil.which("tunefuse") or str(Path(sys.executable).with_name("tunefuse"))
+    ok = subprocess.run([exe, "list", "tasks"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "token-classification" in ok.stdout
+    bad = subprocess.run([exe, "validate", str(tmp_path / "missing.yaml")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "r", seed="abc"))
+    bad = subprocess.run([exe, "fit", str(cfg)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: seed=") and "Traceback" not in bad.stderr
+    usage = subprocess.run([exe, "fit"], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2  # click's usage errors: a missing argument
+
+
+# ------------------------------------------------------------------------------------------------ examples
+
+SHRINK = {  # each example at tiny scale: (--set overrides)
+    "reviews.yaml": ["data.options={n_train: 120, n_test: 40}", "members[0].params={epochs: 1, config_overrides: "
+                     "{num_hidden_layers: 1}}", "members[1].params={config_overrides: {num_hidden_layers: 1}}"],
+    "ner.yaml": ["data.limit=100", "data.test_limit=30",
+                 "members[0].params={epochs: 1, config_overrides: {num_hidden_layers: 1}}"],
+    "qa.yaml": ["data.limit=50", "data.test_limit=20",
+                "members[0].params={epochs: 1, config_overrides: {num_hidden_layers: 1}}"],
+    "images.yaml": ["data.options={n_train: 250, n_test: 30}", "task_options.image_size=32",
+                    "members[2].params={epochs: 1, batch_size: 32}"],
+    "segmentation.yaml": ["data.options={n_train: 16, n_val: 6, n_test: 6, size: 64}", "task_options.image_size=64",
+                          "members[0].params={epochs: 1, batch_size: 8}"],
+    "detection.yaml": ["task_options={tile: null, image_size: 128}", "members[0].params={epochs: 1, batch_size: 1}"],
+    "ctr.yaml": ["data.limit=2000", "data.validation_limit=500", "data.test_limit=500",
+                 "members[0].params={epochs: 1, batch_size: 256}",
+                 "members[1].params={epochs: 1, batch_size: 256, config_overrides: {model: dcn-v2}}"],
+}
+
+
+def test_every_task_has_an_example_and_every_example_validates():
+    from tunefuse.runs.config import load_config
+    from tunefuse.tasks import TASKS
+
+    configs = {p.name: load_config(p) for p in EXAMPLES.glob("*.yaml")}
+    assert set(configs) == set(SHRINK)
+    assert {c.task for c in configs.values()} == set(TASKS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", [n for n in SHRINK if n != "reviews.yaml"])  # reviews: test_demo.py
+def test_example_runs_at_tiny_scale(example, tmp_path):
+    sets = SHRINK[example] + [f"output={tmp_path / 'run'}"]
+    result = invoke("fit", EXAMPLES / example, "--quiet", *[x for s in sets for x in ("--set", s)])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    board = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
+    assert len(board) >= 2 and board["val_score"].notna().all()
+    assert (tmp_path / "run" / "report.html").stat().st_size > 10_000
+    assert any((tmp_path / "run" / "predictions").glob("*.jsonl"))
+
+
+# ------------------------------------------------------------------------------------------- export, serve
+
+def test_export_writes_onnx_that_matches_torch_and_runs_alone(fitted_run, tmp_path):
+    """`tunefuse export` of the soup: model.onnx + tokenizer.json + example.py; the example runs in a fresh process
+    with onnxruntime and tokenizers, and its labels are the model's own."""
+    from tunefuse.runs.evaluate import load_model
+    from tunefuse.runs.folder import RunFolder
+
+    run, _ = fitted_run
+    out = tmp_path / "export"
+    result = invoke("export", run, "--model", "greedy_soup", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "tokenizer.json", "export.json", "example.py"}
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["check"]["max_abs_diff"] <= 1e-4 and meta["labels"] == ["0", "1"]
+    assert len((out / "example.py").read_text().splitlines()) <= 25
+    texts = ["I love this dress, it fits perfectly", "poor quality, sent it back"]
+    ran = subprocess.run([sys.executable, str(out / "example.py"), *texts], capture_output=True, text=True,
+                         timeout=120, env={"PATH": os.environ.get("PATH", "")})
+    assert ran.returncode == 0, ran.stderr
+    got = [line.split("\t")[0] for line in ran.stdout.splitlines()]
+    soup = load_model(RunFolder(run), "greedy_soup")
+    assert got == [str(v) for v in soup.predict(pd.DataFrame({"text": texts}))]
+    result = invoke("export", run, "--model", "stacking", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "export one of its members or a soup" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def client(fitted_run):
+    from fastapi.testclient import TestClient
+
+    from tunefuse.serve import create_app
+
+    run, _ = fitted_run
+    with TestClient(create_app(run, "vote_soft", max_items=8, max_bytes=50_000)) as c:
+        yield c
+
+
+def test_serve_predicts_batches_and_describes_itself(client, fitted_run):
+    import concurrent.futures
+
+    assert client.get("/health").json()["status"] == "ok"
+    meta = client.get("/metadata").json()
+    assert meta["model"] == "vote_soft" and meta["kind"] == "fusion of 3 members" and meta["labels"] == [0, 1]
+    texts = ["great dress", "awful fit, returned it", "love it"]
+    r = client.post("/predict", json={"inputs": texts})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 3 and all(abs(sum(p["proba"].values()) - 1) < 1e-5 for p in preds)
+    from tunefuse.runs.evaluate import load_model
+    from tunefuse.runs.folder import RunFolder
+
+    direct = load_model(RunFolder(fitted_run[0]), "vote_soft").predict_proba(pd.DataFrame({"text": texts}))
+    np.testing.assert_allclose([p["proba"]["1"] for p in preds], direct[:, 1], atol=1e-6)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # concurrent requests share forward passes
+        before = client.get("/health").json()
+        outs = list(pool.map(lambda i: client.post("/predict", json={"inputs": [f"text number {i}"] * (1 + i % 3)}),
+                             range(24)))
+        after = client.get("/health").json()
+    assert all(o.status_code == 200 for o in outs)
+    assert after["inputs"] - before["inputs"] == sum(1 + i % 3 for i in range(24))
+    assert after["batches"] - before["batches"] < 24, "no request was batched with another"
+
+
+@pytest.mark.parametrize("body,status,expected", [
+    ({}, 422, "inputs"),
+    ({"inputs": []}, 422, "at least one input"),
+    ({"inputs": "a text"}, 422, "inputs"),
+    ({"inputs": [3]}, 422, "inputs[0] is not a text (int)"),
+    ({"inputs": [""]}, 422, "inputs[0] is empty"),
+    ({"inputs": ["ok"], "extra": 1}, 422, "extra"),
+    ({"inputs": ["x"] * 9}, 413, "over the limit of 8"),
+    ({"inputs": ["x" * 20_001]}, 413, "characters"),
+    ({"inputs": ["x" * 30_000, "y" * 30_000]}, 413, "bytes"),
+])
+def test_serve_rejects_bad_requests_with_one_line(client, body, status, expected):
+    r = client.post("/predict", json=body)
+    assert r.status_code == status, r.text
+    assert expected in r.json()["error"] and "\n" not in r.json()["error"]
+
+
+def test_serve_rejects_non_json(client):
+    r = client.post("/predict", content=b"\xff\xfe not json", headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422) and "error" in r.json()
+    r = client.get("/nothing-here")
+    assert r.status_code == 404 and "fix: POST /predict" in r.json()["error"]
+
+
+def test_fuzzed_predict_bodies_get_200_or_a_4xx(client):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    bodies = st.one_of(st.none(), st.integers(), st.text(max_size=20),
+                       st.dictionaries(st.sampled_from(["inputs", "x"]), st.one_of(
+                           st.lists(st.one_of(st.text(max_size=30), st.integers(), st.none(), st.floats()),
+                                    max_size=10), st.text(max_size=5), st.integers()), max_size=2))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=bodies)
+    def check(body):
+        r = client.post("/predict", json=body)
+        assert r.status_code == 200 or 400 <= r.status_code < 500, (body, r.status_code, r.text)
+        if r.status_code != 200:
+            assert "error" in r.json()
+
+    check()
