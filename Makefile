@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunefuse-installed
 
-.PHONY: demo test test-fast browser bench-speed bench-fusion bench-cost bench-tasks bench-vision bench-resume clean
+.PHONY: demo test test-fast browser bench-speed bench-fusion bench-cost bench-tasks bench-vision bench-resume bench-serve clean
 
 $(STAMP): pyproject.toml requirements/assets.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements/assets.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m tunefuse.demo
+	HF_HUB_OFFLINE=1 $(BIN)/tunefuse fit examples/reviews.yaml
 
 # The report test renders report.html in headless Chromium (Debian's chromium-headless-shell; root installs it).
 browser:
@@ -49,6 +49,9 @@ bench-vision: $(STAMP)
 
 bench-resume: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/resume.py
+
+bench-serve: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -397,3 +397,27 @@ def test_fuzzed_predict_bodies_get_200_or_a_4xx(client):
             assert "error" in r.json()
 
     check()
+
+
+def test_mlflow_logging_to_a_local_file_store(fitted_run, tmp_path):
+    """--mlflow logs the finished run: params, every model's scores, learning curves, the verdict, the files."""
+    import mlflow
+
+    from tunefuse.runs.config import load_config
+    from tunefuse.runs.experiment import fit_run
+    from tunefuse.runs.tracking import log_to_mlflow
+
+    run, cfg_path = fitted_run
+    result = fit_run(load_config(cfg_path), say=lambda m: None)  # every member is loaded, nothing refitted
+    uri = (tmp_path / "mlruns").as_uri()
+    run_id = log_to_mlflow(result.run, load_config(cfg_path), result.board, result.verdict, uri, "tests")
+    mlflow.set_tracking_uri(uri)
+    logged = mlflow.get_run(run_id)
+    assert logged.data.params["members.0.backbone"] == "minilm-l6"
+    assert logged.data.params["seed"] == "0"
+    assert "stacking.test_score" in logged.data.metrics and "ft-random_state_0.val_score" in logged.data.metrics
+    assert logged.data.tags["tunefuse.chosen"] == result.verdict.chosen
+    curve = mlflow.MlflowClient(uri).get_metric_history(run_id, "ft-random_state_0.full.train_loss")
+    assert [m.step for m in curve] == [1, 2]
+    files = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id)}
+    assert {"config.yaml", "leaderboard.csv", "report.html", "verdict.txt"} <= files

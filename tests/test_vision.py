@@ -299,3 +299,34 @@ def test_test_time_augmentation_averages_the_allowed_views(fitted, digits, segme
     np.testing.assert_allclose(seg_tta.predict_scores(imgs[:2])[0], expect, atol=1e-5)
     with pytest.raises(ValueError, match="cannot be mapped back"):
         TestTimeAugmentation(seg, views=("identity", "zoom")).fit()
+
+
+def test_onnx_export_of_an_image_classifier_matches_torch_and_its_example_runs(fitted, digits, tmp_path):
+    """tunefuse.export: model.onnx + preprocess.json + example.py; the example (PIL, numpy, onnxruntime) predicts
+    the same digits as the model on PNG files."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tunefuse.export import export_onnx
+
+    _, _, Xte, _ = digits
+    est = fitted["mnv2_0"]
+    check = export_onnx(est, tmp_path / "export", images=list(Xte[:4]))
+    assert check["max_abs_diff"] <= 1e-4
+    spec = json.loads((tmp_path / "export" / "preprocess.json").read_text())
+    assert spec["size"] == 32 and len(spec["mean"]) == 3
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(Xte[i]).save(p)
+        paths.append(str(p))
+    ran = subprocess.run([sys.executable, str(tmp_path / "export" / "example.py"), *paths], capture_output=True,
+                         text=True, timeout=120, env={"PATH": os.environ.get("PATH", "")})
+    assert ran.returncode == 0, ran.stderr
+    got = [line.split("\t")[0] for line in ran.stdout.splitlines()]
+    want = [str(v) for v in est.predict(paths)]
+    assert sum(a == b for a, b in zip(got, want)) >= 5  # PIL's resampling is not torchvision's: near-equal inputs

@@ -66,7 +66,10 @@ SetOption = typer.Option(None, "--set", "-s", help="override a config key, e.g. 
 def fit(config: Path = typer.Argument(..., help="the YAML config, e.g. examples/reviews.yaml"),
         set_: Optional[list[str]] = SetOption,
         dry_run: bool = typer.Option(False, "--dry-run", help="check everything and say what would run; fit nothing"),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines")):
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
+        mlflow: Optional[str] = typer.Option(None, "--mlflow", help="also log the finished run to this MLflow "
+                                             "tracking URI, e.g. file:./mlruns or http://host:5000"),
+        experiment: str = typer.Option("tunefuse", help="the MLflow experiment name (with --mlflow)")):
     """Fit the config's members and fusions into its output folder; the same command again resumes it."""
     from .runs.experiment import dry_run as plan, fit_run
 
@@ -74,10 +77,20 @@ def fit(config: Path = typer.Argument(..., help="the YAML config, e.g. examples/
     if dry_run:
         typer.echo(plan(cfg))
         return
+    if mlflow is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:  # say so before hours of fitting, not after
+            raise ValueError("--mlflow needs the mlflow package; fix: pip install mlflow-skinny")
     say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg))
     result = fit_run(cfg, say=say)
     if quiet:
         typer.echo(f"chosen: {result.verdict.chosen}")
+    if mlflow is not None:
+        from .runs.tracking import log_to_mlflow
+
+        run_id = log_to_mlflow(result.run, cfg, result.board, result.verdict, mlflow, experiment)
+        typer.echo(f"logged to MLflow ({mlflow}), run {run_id}")
 
 
 @app.command()
@@ -247,9 +260,9 @@ def _listing(section: str) -> list[str]:
         from .fusion import FUSION_METHODS
 
         return [f"{m.name:<20} {m.kind:<7} {m.paper}" for m in FUSION_METHODS.values()]
-    from .runs.inputs import NAMED
+    from .runs.inputs import NAMED, package_licence
 
-    return [f"{n:<16} {t:<22} {d}" for n, (t, d) in NAMED.items()]
+    return [f"{n:<16} {t:<22} {d} ({package_licence(n)})" for n, (t, d) in NAMED.items()]
 
 
 @app.command()
