@@ -74,6 +74,7 @@ def test_training_state_of_another_model_is_refused(tmp_path):
         load_training_state(tmp_path / "s", other, other_opt, linear_schedule(other_opt, 10, 0.0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,kill_at", [("full", 5), ("lp-ft", 9)])  # mid-epoch 2; the last epoch's end
 def test_finetuner_killed_mid_fit_resumes_to_the_uninterrupted_predictions(tmp_path, reviews, strategy, kill_at):
     """Finetuner(checkpoint_dir=...) saves its training state; the same fit after a crash continues from it."""

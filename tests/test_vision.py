@@ -270,6 +270,7 @@ def test_segmentation_round_trip_and_bad_masks(segmenters, scenes, tmp_path):
         ft.score(imgs[:1], [np.full((64, 64), 42)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["bootstrap", "kfold"])
 def test_bagging_image_classifiers(digits, mode):
     from tunefuse.fusion import Bagging

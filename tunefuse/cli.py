@@ -77,11 +77,10 @@ def fit(config: Path = typer.Argument(..., help="the YAML config, e.g. examples/
     if dry_run:
         typer.echo(plan(cfg))
         return
-    if mlflow is not None:
-        import importlib.util
+    if mlflow is not None:  # say so before hours of fitting, not after
+        from .runs.tracking import check_mlflow
 
-        if importlib.util.find_spec("mlflow") is None:  # say so before hours of fitting, not after
-            raise ValueError("--mlflow needs the mlflow package; fix: pip install mlflow-skinny")
+        check_mlflow(mlflow)
     say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg))
     result = fit_run(cfg, say=say)
     if quiet:

@@ -163,7 +163,9 @@ def create_app(run, name: str | None = None, *, max_batch: int = 32, max_wait_ms
     model = load_model(folder, name)
     task = task_entry(cfg)
     check, predict = predictor(model, task)
-    predict(check(_example(task, cfg)))  # warm up: the first forward pass builds the inference copy
+    warm = _example(task)
+    if warm is not None:
+        predict(check(warm))  # warm up: the first forward pass builds the inference copy
     batcher = Batcher(lambda X: predict(check(X)), max_batch=max_batch, max_wait_ms=max_wait_ms)
     members = getattr(model, "members_", None)
     info = {"run": str(folder.path), "model": name, "task": task.name,
@@ -235,13 +237,13 @@ def create_app(run, name: str | None = None, *, max_batch: int = 32, max_wait_ms
     return app
 
 
-def _example(task, cfg) -> list:
+def _example(task) -> list | None:
+    """A request that warms the model up (None: the task has no input that can be made up: CTR rows)."""
     if task.name == "question-answering":
         return [{"question": "Who?", "context": "Ada wrote it."}]
-    if task.name == "ctr":
-        raise ValueError("serving CTR rows needs the task's columns in each request; warm-up needs one example: "
-                         "not yet supported; fix: predict files with `tunefuse predict`")
-    return ["warm up"]
+    if task.name in ("text-classification", "token-classification"):
+        return ["warm up"]
+    return None
 
 
 def serve(run, name: str | None = None, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32,
