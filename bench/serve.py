@@ -4,7 +4,7 @@
 
 The served model is the reviews demo's chosen one (`tunefuse fit examples/reviews.yaml` first; the run folder is
 fitted when missing). 8 concurrent clients in a separate process send 1 to 16 reviews a request for ``--seconds``,
-against the server with dynamic batching (max 32 inputs, 5 ms wait) and then without (one request a forward pass);
+against the server with dynamic batching (max 128 inputs, 20 ms wait) and then without (one request a forward pass);
 batching_gain is the requests per second of the first over the second. Single-example latency: the median of 200
 one-review predictions through tunefuse's own fastest torch path (``Finetuner.predict_proba``: bf16 inference copy,
 fused attention) against ONNX Runtime on the export (tokenizers + one session run). Ends with
@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--run", default=str(ROOT / "runs" / "reviews"))
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--quick", action="store_true", help="10 s load tests")
+    ap.add_argument("--max-batch", type=int, default=128, help="the batched server's --max-batch")
+    ap.add_argument("--max-wait-ms", type=float, default=20.0, help="the batched server's --max-wait-ms")
     args = ap.parse_args()
     seconds = 10.0 if args.quick else args.seconds
     run = Path(args.run)
@@ -169,10 +171,11 @@ def main() -> None:
     texts_file.write_text(json.dumps(texts))
     chosen = json.loads((run / "run.json").read_text())["chosen"]
     print(f"serving {chosen!r} of {run}; 8 clients, 1-16 reviews a request, {seconds:.0f} s a setting")
-    batched = load_test(run, texts_file, seconds, 32, 5.0)
+    batched = load_test(run, texts_file, seconds, args.max_batch, args.max_wait_ms)
     single = load_test(run, texts_file, seconds, 1, 0.0)
     print(f"\n{'setting':<34} {'requests':>8} {'rps':>7} {'p50_ms':>8} {'p99_ms':>8} {'errors':>6}")
-    for label, r in (("dynamic batching (32, 5 ms)", batched), ("one request a forward pass", single)):
+    for label, r in ((f"dynamic batching ({args.max_batch}, {args.max_wait_ms:g} ms)", batched),
+                     ("one request a forward pass", single)):
         print(f"{label:<34} {r['requests']:>8} {r['rps']:>7.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['errors']:>6}")
     torch_ms, onnx_ms, name = single_latency(run, texts)
     print(f"\nsingle-review latency of {name!r} (median of 200): torch predict_proba {torch_ms:.2f} ms, "

@@ -211,8 +211,8 @@ def serve(run: Path = typer.Argument(..., help="a run folder"),
                                                                           "model"),
           host: str = typer.Option("127.0.0.1", help="the address to listen on"),
           port: int = typer.Option(8000, min=1, max=65535),
-          max_batch: int = typer.Option(32, min=1, help="inputs a forward pass at most (dynamic batching)"),
-          max_wait_ms: float = typer.Option(5.0, min=0, help="how long a request waits for others to batch with")):
+          max_batch: int = typer.Option(128, min=1, help="inputs a forward pass at most (dynamic batching)"),
+          max_wait_ms: float = typer.Option(20.0, min=0, help="how long a request waits for others to batch with")):
     """Serve a run's model over HTTP: POST /predict {"inputs": [...]}, GET /health, GET /metadata."""
     from .serve import serve as run_server
 

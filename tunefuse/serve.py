@@ -28,7 +28,7 @@ MAX_ITEMS, MAX_CHARS, MAX_BYTES = 64, 20_000, 2 << 20
 class Batcher:
     """Collect concurrent requests' inputs into batches for one ``predict(list) -> list`` call at a time."""
 
-    def __init__(self, predict: Callable[[list], list], max_batch: int = 32, max_wait_ms: float = 5.0):
+    def __init__(self, predict: Callable[[list], list], max_batch: int = 128, max_wait_ms: float = 20.0):
         self.predict, self.max_batch, self.max_wait = predict, max_batch, max_wait_ms / 1000
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunefuse-predict")
         self.queue: asyncio.Queue | None = None
@@ -140,7 +140,7 @@ def predictor(model, task) -> "tuple[Callable[[list], list], Callable[[list], li
     return check, predict
 
 
-def create_app(run, name: str | None = None, *, max_batch: int = 32, max_wait_ms: float = 5.0,
+def create_app(run, name: str | None = None, *, max_batch: int = 128, max_wait_ms: float = 20.0,
                max_items: int = MAX_ITEMS, max_bytes: int = MAX_BYTES):
     """The FastAPI app serving model ``name`` of run folder ``run`` (default: the verdict's chosen model)."""
     from fastapi import FastAPI, Request
@@ -246,8 +246,8 @@ def _example(task) -> list | None:
     return None
 
 
-def serve(run, name: str | None = None, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32,
-          max_wait_ms: float = 5.0, log_level: str = "warning") -> None:
+def serve(run, name: str | None = None, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 128,
+          max_wait_ms: float = 20.0, log_level: str = "warning") -> None:
     import uvicorn
 
     app = create_app(run, name, max_batch=max_batch, max_wait_ms=max_wait_ms)
