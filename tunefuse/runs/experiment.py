@@ -1,0 +1,249 @@
+"""``tunefuse fit``: a config's members fitted into a run folder, its fusions, the leaderboard, the test predictions,
+the verdict and the report; resumable after a kill at any moment.
+
+A member whose folder holds a record of the same fit (same spec, task and data) is loaded, not refitted; an
+interrupted member continues from its training state (``Finetuner(checkpoint_dir=...)``); fusions are refitted from
+the saved members (seconds: they read the members' predictions) except those that train new models (bagging,
+boosting), which are saved and skipped like members. Members are always read back from disk before they are used,
+so a resumed run and an uninterrupted one predict from the very same weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .. import faults
+from .config import CLASSICAL, Config, ConfigError, FusionConfig, MemberConfig
+from .folder import RUN_FORMAT, RunFolder, atomic_write, versions, write_json
+from .inputs import Splits, load_data
+
+TRAINING_FUSIONS = ("bagging", "kfold_bagging", "boosting")  # fusions that fit new models: saved, skipped on resume
+
+
+@dataclass
+class RunResult:
+    run: RunFolder
+    board: pd.DataFrame
+    verdict: Any
+    models: dict = field(default_factory=dict)
+    splits: Splits | None = None
+
+
+def task_entry(cfg: Config):
+    """The config's task entry with its ``task_options`` (unknown options are a one-line error)."""
+    import dataclasses
+
+    from ..tasks import get_task
+
+    entry = get_task(cfg.task)
+    opts = dict(cfg.task_options)
+    if entry.name == "ctr" and not opts and cfg.data.train == "movielens-100k":
+        from ..ctr.data import MOVIELENS_COLUMNS
+
+        opts = dict(MOVIELENS_COLUMNS)
+    names = [f.name for f in dataclasses.fields(entry) if f.name != "name"]
+    for k in opts:
+        if k not in names:
+            from .config import closest
+
+            raise ConfigError(f"task_options: unknown option {k!r} of task {entry.name!r}{closest(k, names)}; valid: "
+                              f"{names}")
+    deep = lambda v: tuple(deep(x) for x in v) if isinstance(v, list) else v  # noqa: E731 (YAML lists -> tuples)
+    try:
+        return dataclasses.replace(entry, **{k: deep(v) for k, v in opts.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"task_options: {e}") from None
+
+
+def _digest(*parts) -> str:
+    from ..fusion.members import _digest as content
+
+    return hashlib.sha1("\x1f".join(content(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def build_member(cfg: Config, m: MemberConfig, task, run: RunFolder | None = None):
+    """The unfitted estimator of one member entry."""
+    if m.backbone == "tfidf-logreg":
+        from ..baselines import tfidf_logreg
+
+        return tfidf_logreg()
+    if m.backbone in ("ctr-lr", "ctr-hgb"):
+        from ..ctr.tabular import TabularModel
+
+        return TabularModel(m.backbone.split("-")[1], task=task, random_state=cfg.seed)
+    from ..finetuner import Finetuner
+
+    params = {"random_state": cfg.seed, **m.params}
+    if isinstance(params.get("config_overrides"), dict):
+        params["config_overrides"] = dict(params["config_overrides"])
+    checkpoint = str(run.path / "state" / m.name) if run is not None else None
+    return Finetuner(m.backbone, m.strategy, task=task, checkpoint_dir=checkpoint,
+                     checkpoint_every_s=cfg.checkpoint_every_s, verbose=1, **params)
+
+
+def _fit(est, X, y, X_val, y_val):
+    import inspect
+
+    if "X_val" in inspect.signature(est.fit).parameters:  # Finetuner, TabularModel: early stopping on validation
+        return est.fit(X, y, X_val=X_val, y_val=y_val)
+    return est.fit(X, y)
+
+
+def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, data_key: str, say: Callable):
+    """Fit (or find already fitted) one member; always returns the copy read back from its folder."""
+    from ..fusion.persist import load_member, save_member
+
+    folder = run.member(m.name)
+    key = _digest(m.model_dump(), cfg.task, cfg.task_options, cfg.seed, data_key)
+    record = folder / "fit.json"
+    if record.is_file() and json.loads(record.read_text()).get("key") == key:
+        say(f"member {m.name}: fitted already, loaded from {folder}")
+        return load_member(folder)
+    say(f"member {m.name}: fitting {m.backbone} ({m.strategy if m.backbone not in CLASSICAL else 'baseline'}) ...")
+    t0 = time.perf_counter()
+    est = _fit(build_member(cfg, m, task, run), s.X_train, s.y_train, s.X_val, s.y_val)
+    fit_s = time.perf_counter() - t0
+    est.fit_time_ = getattr(est, "fit_time_", fit_s)
+    save_member(est, folder)
+    shutil.rmtree(run.path / "state" / m.name, ignore_errors=True)  # the finished fit removed its state; the folder
+    history = getattr(est, "history_", [])
+    for h in history:
+        run.log({"event": "epoch", "member": m.name, **h})
+    write_json(record, {"key": key, "name": m.name, "spec": m.model_dump(), "fit_time_s": est.fit_time_,
+                        "history": history})
+    run.log({"event": "member", "member": m.name, "fit_time_s": est.fit_time_})
+    faults.point("member")
+    say(f"member {m.name}: done in {fit_s:.1f} s")
+    return load_member(folder)
+
+
+def _fusion_members(f: FusionConfig, members: dict) -> list[tuple[str, Any]]:
+    from ..finetuner import Finetuner
+    from ..fusion import FUSION_METHODS
+
+    names = f.members or list(members)
+    chosen = [(n, members[n]) for n in names]
+    if FUSION_METHODS[f.method].kind == "weight":
+        tuned = [(n, m) for n, m in chosen if isinstance(getattr(m, "estimator", m), Finetuner)]
+        if f.members is None:  # soups want one backbone: the first fine-tuned member's
+            first = tuned[0][1].backbone if tuned else None
+            tuned = [(n, m) for n, m in tuned if m.backbone == first]
+        if len(tuned) < 2 and FUSION_METHODS[f.method].name not in ("wise_ft",):
+            raise ConfigError(f"fusions: {f.method} merges weights of fine-tuned members of one backbone, and this "
+                              f"config has {len(tuned)} such member(s) among {names}; fix: add members (e.g. a grid "
+                              "over random_state) or drop the fusion")
+        return [(n, getattr(m, "estimator", m)) for n, m in tuned]
+    return chosen
+
+
+def fit_fusion(run: RunFolder, cfg: Config, f: FusionConfig, members: dict, s: Splits, data_key: str,
+               say: Callable):
+    """Fit one fusion on the validation rows (bagging and boosting: on the training rows, saved and skipped on
+    resume like a member). Returns the fitted fusion."""
+    from ..fusion import FUSION_METHODS
+    from ..fusion.persist import load_fusion, save_fusion
+
+    name, method = cfg.fusion_name(f), FUSION_METHODS[f.method]
+    chosen = _fusion_members(f, members)
+    t0 = time.perf_counter()
+    if f.method in TRAINING_FUSIONS:
+        folder = run.fusion(name)
+        key = _digest(f.model_dump(), cfg.task, cfg.seed, data_key, [n for n, _ in chosen])
+        record = folder / "fit.json"
+        if record.is_file() and json.loads(record.read_text()).get("key") == key:
+            say(f"fusion {name}: fitted already, loaded from {folder}")
+            return load_fusion(folder / "model")
+        say(f"fusion {name}: fitting ({f.method} of {chosen[0][0]}'s recipe) ...")
+        base = getattr(chosen[0][1], "estimator", chosen[0][1])
+        if hasattr(base, "checkpoint_dir"):
+            from sklearn.base import clone
+
+            base = clone(base).set_params(checkpoint_dir=str(run.path / "state" / name))
+        est = method.build(base, **{"random_state": cfg.seed, **f.params})
+        est.fit(s.X_train, s.y_train)
+        est.fit_time_ = time.perf_counter() - t0
+        save_fusion(est, folder / "model")
+        write_json(record, {"key": key, "name": name, "fit_time_s": est.fit_time_})
+        faults.point("fusion")
+        return load_fusion(folder / "model")
+    say(f"fusion {name}: fitting {f.method} on the validation rows ...")
+    opts = dict(f.params)
+    if method.kind == "output":
+        opts.setdefault("prefit", True)
+        if f.method == "ensemble_selection" and cfg.task == "ctr":
+            opts.setdefault("metric", "roc_auc")
+    est = method.build(chosen, **opts)
+    faults.point("fusion")
+    try:
+        est.fit(s.X_val, s.y_val)
+    except ValueError as e:
+        raise ConfigError(f"fusions: {name} ({f.method}) could not be fitted on the {len(s.X_val)} validation rows "
+                          f"({' '.join(str(e).split())[:200]}); fix: hold out more validation rows "
+                          "(data.validation_fraction, data.validation) or drop this fusion") from None
+    est.fit_time_ = time.perf_counter() - t0
+    run.log({"event": "fusion", "fusion": name, "method": f.method, "fit_time_s": est.fit_time_,
+             "weights": getattr(est, "weights_", {})})
+    return est
+
+
+def fit_run(cfg: Config, *, say: Callable[[str], None] = print) -> RunResult:
+    """Run a config into its output folder; a rerun of the same config resumes where the last one stopped."""
+    from ..fusion.members import cached
+
+    run = RunFolder(cfg.output)
+    with run.lock():
+        run.clean_temp()
+        if run.run_file.exists():
+            meta = run.read_run()
+            say(f"resuming the run in {run.path} (started {meta.get('started', '?')})")
+        else:
+            meta = {"format": RUN_FORMAT, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        task = task_entry(cfg)
+        s = load_data(cfg)
+        say(f"data: {s.source or cfg.data.train}; {s.sizes()}")
+        data_key = _digest(s.X_train, s.y_train, s.X_val, s.y_val)
+        atomic_write(run.config_file, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        write_json(run.run_file, {**meta, "status": "running", "versions": versions(), "data_key": data_key,
+                                  "sizes": s.sizes()})
+        run.log({"event": "start", "data": s.sizes()})
+        members = {}
+        for m in cfg.expanded_members():
+            members[m.name] = fit_member(run, cfg, m, task, s, data_key, say)
+        members = dict(cached(list(members.items())))  # each member predicts each split once
+        fusions = {cfg.fusion_name(f): fit_fusion(run, cfg, f, members, s, data_key, say) for f in cfg.fusions}
+        from .evaluate import evaluate_run
+
+        board, verdict, extras = evaluate_run(run, cfg, task, members, fusions, s, say)
+        write_json(run.run_file, {**meta, "status": "done", "versions": versions(), "data_key": data_key,
+                                  "sizes": s.sizes(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                  "chosen": verdict.chosen})
+        run.log({"event": "done", "chosen": verdict.chosen})
+    return RunResult(run, board, verdict, {**members, **fusions}, s)
+
+
+def dry_run(cfg: Config) -> str:
+    """What ``fit`` would do, without fitting: members, fusions, data sizes, the run folder and what it holds."""
+    task = task_entry(cfg)
+    s = load_data(cfg)
+    run = RunFolder(cfg.output)
+    lines = [f"task: {task.name}", f"data: {s.source or cfg.data.train}; {s.sizes()}", f"output: {run.path}"]
+    data_key = _digest(s.X_train, s.y_train, s.X_val, s.y_val)
+    for m in cfg.expanded_members():
+        key = _digest(m.model_dump(), cfg.task, cfg.task_options, cfg.seed, data_key)
+        rec = run.member(m.name) / "fit.json"
+        done = rec.is_file() and json.loads(rec.read_text()).get("key") == key
+        state = (run.path / "state" / m.name).exists()
+        what = "fitted (skipped)" if done else "interrupted (resumes from its training state)" if state else "to fit"
+        lines.append(f"member {m.name}: {m.backbone} {m.strategy} {m.params or ''} -> {what}")
+    for f in cfg.fusions:
+        lines.append(f"fusion {cfg.fusion_name(f)}: {f.method} over {f.members or 'all members'}")
+    return "\n".join(lines)
+
