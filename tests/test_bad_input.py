@@ -160,6 +160,24 @@ CASES = [
     ("evaluate-no-labels", lambda t: ["evaluate", fake_run(t), write(t, "nl.csv", "text\na\nb\n")],
      "no column 'label'"),
     ("list-unknown", lambda t: ["list", "backbone"], "did you mean 'backbones'"),
+    ("output-foreign-folder", lambda t: ["fit", config(t, output=str(write(t, "mine/notes.txt", "x").parent))],
+     "not a tunefuse run"),
+    ("output-is-a-file", lambda t: ["fit", config(t, output=str(write(t, "afile", "x")))], "is a file"),
+    ("param-owned-by-run", lambda t: ["validate", config(t, **{"members.0.params": {"checkpoint_every_s": 5}})],
+     "unknown parameter 'checkpoint_every_s'"),
+    ("grid-unsafe-name", lambda t: ["validate", config(t, **{"members.0.grid": {"template": ["a/{text}"]}})],
+     "not folder-safe"),
+    ("soup-mixed-backbones", lambda t: ["validate", config(t, **{"fusions.0.method": "uniform_soup",
+                                                                 "members.1.backbone": "smollm2-135m",
+                                                                 "members.1.strategy": "head",
+                                                                 "members.0.grid": {},
+                                                                 "fusions.0.members": ["m", "tfidf"]})],
+     "mixes backbones"),
+    ("predict-row-without-text", lambda t: ["predict", fake_run(t), write(t, "gap.csv", "text\na\n\nb\n")],
+     "have no text"),
+    ("ner-from-csv", lambda t: ["validate", config(t, task="ner", train=str(write(t, "n.csv", "tokens,tags\na,O\n")),
+                                                   **{"members.1.backbone": "minilm-l6",
+                                                      "members.1.strategy": "head"})], "CSV cannot hold"),
 ]
 
 
@@ -254,3 +272,18 @@ def test_cases_leave_no_stray_run_folder(tmp_path):
     CliRunner().invoke(app, ["validate", str(config(tmp_path))])
     assert not (tmp_path / "out").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_folder_swap_killed_between_its_renames_is_repaired(tmp_path):
+    """checkpoint.atomic_folder moves the old folder aside, then the new one in: a kill between the two leaves
+    only the old copy, hidden; the next fit's clean-up puts it back instead of deleting it."""
+    from tunefuse.runs.folder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    hidden = run.path / "state" / "m" / ".stage-full.old-abc"
+    (hidden / "stage-full").mkdir(parents=True)
+    (hidden / "stage-full" / "training_state.json").write_text("{}")
+    (run.path / "state" / "m" / ".stage-full.tmp-def").mkdir()  # the new copy, never renamed in
+    run.clean_temp()
+    assert (run.path / "state" / "m" / "stage-full" / "training_state.json").is_file()
+    assert [p.name for p in (run.path / "state" / "m").iterdir()] == ["stage-full"]

@@ -317,6 +317,11 @@ def test_export_writes_onnx_that_matches_torch_and_runs_alone(fitted_run, tmp_pa
     assert got == [str(v) for v in soup.predict(pd.DataFrame({"text": texts}))]
     result = invoke("export", run, "--model", "stacking", "--out", tmp_path / "x")
     assert result.exit_code == 2 and "export one of its members or a soup" in result.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")
+    result = invoke("export", run, "--model", "greedy_soup", "--out", tmp_path / "mine")
+    assert result.exit_code == 2 and "is not an earlier export" in result.stderr
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "mine"
 
 
 @pytest.fixture(scope="module")

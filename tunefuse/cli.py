@@ -20,8 +20,7 @@ app = typer.Typer(name="tunefuse", no_args_is_help=True, add_completion=True, pr
                   help="Fine-tune pretrained backbones and fuse them into one predictor, from a YAML config.",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-               UnicodeDecodeError)
+USER_ERRORS = (ValueError, OSError, UnicodeDecodeError)  # OSError: missing files, permissions, a full disk
 
 
 def _err(msg: str) -> None:
@@ -172,7 +171,7 @@ def report(run: Path = typer.Argument(..., help="a run folder whose fit finished
         raise ValueError(f"run {str(run)!r} has not finished (status {meta.get('status')!r}); fix: run `tunefuse fit "
                          f"{folder.config_file}` to finish it, which writes the report")
     cfg = cfg.model_copy(update={"output": str(folder.path)})
-    result = fit_run(cfg, say=lambda m: None)
+    result = fit_run(cfg, say=lambda m: None, refit=False)
     typer.echo(f"report: {result.run.path / 'report.html'}")
 
 

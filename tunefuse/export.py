@@ -34,7 +34,7 @@ tok = Tokenizer.from_file(str(here / "tokenizer.json"))
 tok.enable_truncation(meta["max_length"])
 tok.enable_padding(pad_id=meta["pad_id"])
 texts = sys.argv[1:] or ["I love this dress, it fits perfectly", "poor quality, sent it back"]
-enc = tok.encode_batch(texts)
+enc = tok.encode_batch([meta["template"].format(text=t) if meta["template"] else t for t in texts])
 feeds = {"input_ids": np.array([e.ids for e in enc], np.int64),
          "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
 if "token_type_ids" in meta["inputs"]:
@@ -116,6 +116,10 @@ def export_onnx(est, out, *, texts=None, images=None, atol: float = 1e-4, opset:
     if not task.is_classifier or task.modality not in ("text", "vision"):
         raise ValueError(f"export supports sentence and image classification today; task={task.name!r} is not yet "
                          "exportable; fix: serve it with `tunefuse serve` (torch) instead")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "export.json").is_file())):
+        raise ValueError(f"--out {str(out)!r} exists and is not an earlier export (no export.json); an export "
+                         "replaces its folder whole; fix: pass a new or empty folder")
     model = _fp32_copy(est)
     labels = [str(c) for c in est.labels_]
     meta = {"format": "tunefuse.export/1", "task": task.name, "labels": labels, "versions": versions(),
@@ -151,7 +155,6 @@ def export_onnx(est, out, *, texts=None, images=None, atol: float = 1e-4, opset:
     wrapper = _Probabilities(task, model, getattr(est, "pooling_", "native"), names).eval()
     with torch.no_grad():
         expected = wrapper(*args).numpy()
-    out = Path(out)
     with atomic_folder(out) as tmp:
         with torch.no_grad():
             torch.onnx.export(wrapper, args, str(tmp / "model.onnx"), input_names=names, output_names=["proba"],

@@ -269,8 +269,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         return self
 
     def _drop_training_state(self) -> None:
-        """A finished fit's training state is not needed any more: remove its folder (other fits' stay)."""
-        if self.checkpoint_dir is not None:
+        """A finished fit's training state is not needed any more: remove its folder (other fits' stay). A caller
+        that saves the model afterwards (a run folder) sets ``_keep_training_state`` and removes it once saved, so a
+        kill in between resumes from the finished state instead of refitting."""
+        if self.checkpoint_dir is not None and not getattr(self, "_keep_training_state", False):
             import shutil
 
             shutil.rmtree(Path(self.checkpoint_dir) / self._resume_key, ignore_errors=True)
@@ -798,7 +800,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         return Path(path)
 
     @classmethod
-    def load(cls, path, device: str = "auto", task: str | None = None) -> "Finetuner":
+    def load(cls, path, device: str = "auto", task: str | None = None,
+             trust_remote_code: bool = False) -> "Finetuner":
         """Load a folder written by ``save``: safetensors only (never unpickled), without the backbone's package.
         ``task``: the task you expect; a checkpoint of another task is then an error, not a silent mis-read."""
         path = Path(path)
@@ -813,6 +816,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{str(path)!r} holds a {entry.name!r} model, not {get_task(task).name!r}; fix: load "
                              f"it with task={entry.name!r} (or None), or point at a {get_task(task).name} checkpoint")
         params = {k: v for k, v in meta["params"].items() if k in cls._get_param_names()}  # drops retired params
+        # a checkpoint never turns remote code on by itself: the person loading it decides (trust_remote_code=)
+        params["trust_remote_code"] = bool(trust_remote_code)
         if "pooling" not in meta:  # written before pooling existed: the head read the model's own pooled output
             params["pooling"] = "native"
         if isinstance(params.get("task"), dict):

@@ -68,10 +68,20 @@ class Batcher:
             flat = [x for inputs, _ in batch for x in inputs]
             try:
                 out = await loop.run_in_executor(self.pool, self.predict, flat)
-            except Exception as e:  # noqa: BLE001 - every waiting request gets the error
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+            except Exception as e:  # noqa: BLE001 - retry one by one: only the requests that fail get an error
+                if len(batch) == 1:
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(e)
+                    continue
+                for inputs, fut in batch:
+                    try:
+                        res = await loop.run_in_executor(self.pool, self.predict, inputs)
+                    except Exception as err:  # noqa: BLE001
+                        if not fut.done():
+                            fut.set_exception(err)
+                    else:
+                        if not fut.done():
+                            fut.set_result(res)
                 continue
             self.batches += 1
             self.items += len(flat)
@@ -110,7 +120,8 @@ def predictor(model, task) -> "tuple[Callable[[list], list], Callable[[list], li
                                         "split the text")
                 if task.name == "text-classification" and not x.strip():
                     raise ValueError(f"inputs[{i}] is empty; fix: send non-empty texts")
-            return pd.DataFrame({"text": inputs}) if task.name == "text-classification" else list(inputs)
+            X = pd.DataFrame({"text": inputs}) if task.name == "text-classification" else list(inputs)
+            return task.check_X(X, "inputs")  # the task's own checks (NER: a text with no word), per request
         if task.name == "question-answering":
             for i, x in enumerate(inputs):
                 if not isinstance(x, dict) or not {"question", "context"} <= set(x):
@@ -119,13 +130,13 @@ def predictor(model, task) -> "tuple[Callable[[list], list], Callable[[list], li
                 if len(str(x["context"])) > MAX_CHARS:
                     raise OverflowError(f"inputs[{i}].context has {len(str(x['context']))} characters, over "
                                         f"{MAX_CHARS}; fix: send a shorter context")
-            return pd.DataFrame({"question": [str(x["question"]) for x in inputs],
-                                 "context": [str(x["context"]) for x in inputs]})
+            return task.check_X(pd.DataFrame({"question": [str(x["question"]) for x in inputs],
+                                              "context": [str(x["context"]) for x in inputs]}), "inputs")
         if task.name == "ctr":
             if not all(isinstance(x, dict) for x in inputs):
                 raise ValueError("CTR inputs are row objects with the task's columns; fix: "
                                  '{"inputs": [{"user_id": 1, "item_id": 2, ...}]}')
-            return pd.DataFrame(inputs)
+            return task.check_X(pd.DataFrame(inputs), "inputs")  # the task's columns must all be there
         raise ValueError(f"serving task={task.name!r} over JSON is not supported yet; fix: predict files with "
                          "`tunefuse predict`")
 
@@ -206,6 +217,8 @@ def create_app(run, name: str | None = None, *, max_batch: int = 128, max_wait_m
     @app.middleware("http")
     async def _size_limit(request: Request, call_next):
         length = request.headers.get("content-length")
+        if length is None and request.method == "POST":  # chunked: read it (bounded) to know its size
+            length = str(len(await request.body()))
         if length is not None and length.isdigit() and int(length) > max_bytes:
             return error(413, f"the request body has {length} bytes, over the limit of {max_bytes}; fix: send "
                               f"fewer inputs a request (at most {max_items})")
@@ -231,7 +244,12 @@ def create_app(run, name: str | None = None, *, max_batch: int = 128, max_wait_m
         except ValueError as e:
             return error(422, str(e))
         t0 = time.perf_counter()
-        out = await batcher.submit(req.inputs)
+        try:
+            out = await batcher.submit(req.inputs)
+        except ValueError as e:  # the model's own checks (an unseen label set, a column)
+            return error(422, str(e))
+        except Exception as e:  # noqa: BLE001 - ours: one line, and the server keeps serving
+            return error(500, f"prediction failed inside tunefuse ({type(e).__name__}: {e}); please report it")
         return {"model": name, "predictions": out, "time_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     return app

@@ -229,6 +229,9 @@ def save_training_state(path, model: torch.nn.Module, optimizer, scheduler, stat
         for key, value in slots.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout masks on the GPU have their own RNG
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = st
     meta = {"loop": {k: v for k, v in vars(state).items() if k != "best"}, "param_groups": opt["param_groups"],
             "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}}
     with atomic_folder(path) as tmp:
@@ -264,5 +267,8 @@ def load_training_state(path, model: torch.nn.Module, optimizer, scheduler) -> L
     optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(dict(meta["scheduler"], lr_lambdas=[None] * len(optimizer.param_groups)))
     torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
     return LoopState(**meta["loop"], best=best)

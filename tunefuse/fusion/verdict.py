@@ -114,9 +114,10 @@ def verdict(board: pd.DataFrame, *, rule: str = "standard-error", val_credit: di
             f = fusions.sort_values(["val_score", "val_loss"], ascending=[False, True], kind="stable").iloc[0]
             lift, lo, hi = lift_of(str(f["model"]), v.chosen)
             if not math.isnan(lift):
+                why = ("within one standard error: not worth its extra inference cost" if rule == "standard-error"
+                       else "ranked below it by validation score")
                 v.notes.append(f"the best fusion by validation, {f['model']!r}, scores {100 * lift:+.2f} points "
-                               f"[{100 * lo:+.2f}, {100 * hi:+.2f}] against it on {n_val} validation rows, within "
-                               "one standard error: not worth its extra inference cost")
+                               f"[{100 * lo:+.2f}, {100 * hi:+.2f}] against it on {n_val} validation rows, {why}")
             else:
                 v.notes.append(f"no fusion beats it by more than the validation noise (the best by validation is "
                                f"{f['model']!r})")
@@ -140,9 +141,10 @@ def choose(board: pd.DataFrame, rule: str = "standard-error") -> str:
     """The name of the model to ship by ``rule``:
 
     'standard-error' (the one-standard-error rule of Breiman et al., 1984, CART): among the models whose validation
-    score is within one standard error of the best score, the cheapest at inference (members before fusions, then
-    by prediction time, then size). A fusion is chosen only when it beats every member by more than the noise of
-    the validation rows; a tie goes to the model that costs less.
+    score is within one standard error of the best score, the cheapest (members before fusions, then the smaller on
+    disk, then the higher score, then the name: all deterministic, so a rerun or a resumed run chooses the same;
+    measured prediction times are not, and are reported, not used). A fusion is chosen only when it beats every
+    member by more than the noise of the validation rows; a tie goes to the model that costs less.
     'validation': the highest validation score (ties: the lower validation log-loss).
     """
     if board.empty:
@@ -158,9 +160,9 @@ def choose(board: pd.DataFrame, rule: str = "standard-error") -> str:
     se = 0.0 if not np.isfinite(best.get("val_se", np.nan)) else float(best["val_se"])
     near = board[board["val_score"] >= best["val_score"] - se - 1e-12].assign(
         _fusion=lambda d: d["kind"] != "member",
-        _time=lambda d: d["predict_time_s"].fillna(np.inf) if "predict_time_s" in d else 0.0,
-        _size=lambda d: d["size_mb"].fillna(np.inf) if "size_mb" in d else 0.0)
-    near = near.sort_values(["_fusion", "_time", "_size"], kind="stable")
+        _size=lambda d: d["size_mb"].round(1).fillna(np.inf) if "size_mb" in d else 0.0)
+    near = near.sort_values(["_fusion", "_size", "val_score", "model"], ascending=[True, True, False, True],
+                            kind="stable")
     return str(near.iloc[0]["model"])
 
 

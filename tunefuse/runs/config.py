@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import itertools
 import json
 from pathlib import Path
@@ -28,7 +29,8 @@ CLASSICAL = {"tfidf-logreg": "text-classification", "ctr-lr": "ctr", "ctr-hgb": 
 FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet", "conll", "squad", "image-folder", "image-csv", "coco")
 SELECTIONS = ("standard-error", "validation")
 # Finetuner parameters a config does not set per member: the run folder decides them
-RUN_OWNED = ("backbone", "strategy", "task", "checkpoint_dir", "verbose")
+RUN_OWNED = ("backbone", "strategy", "task", "checkpoint_dir", "checkpoint_every_s", "verbose")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
 
 
 class ConfigError(ValueError):
@@ -115,6 +117,10 @@ class Config(_Strict):
         from ..fusion import FUSION_METHODS
 
         names = [m.name for m in self.expanded_members()]
+        for n in names:
+            if not NAME.match(n) or ".." in n:
+                raise ConfigError(f"members: the expanded name {n!r} is not folder-safe (letters, digits, _ . = -); "
+                                  "fix: set name:, or grid over values without '/' or spaces")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"members: the name(s) {dupes} occur more than once; fix: give each member its own "
@@ -127,12 +133,16 @@ class Config(_Strict):
                 if m not in names:
                     raise _choice(f"fusions[{i}].members", m, names, "name members of this config")
             if FUSION_METHODS[f.method].kind == "weight":  # merges weights: needs fine-tuned members
-                pool = [m for m in self.expanded_members() if m.backbone not in CLASSICAL and
+                pool = [m.backbone for m in self.expanded_members() if m.backbone not in CLASSICAL and
                         (f.members is None or m.name in f.members)]
                 need = 1 if f.method == "wise_ft" else 2
-                if len(pool) < need:
+                per_backbone = max((pool.count(b) for b in set(pool)), default=0)
+                if f.members is not None and len(set(pool)) > 1:
+                    raise ConfigError(f"fusions[{i}].members mixes backbones {sorted(set(pool))}; {f.method} merges "
+                                      "weights of one backbone's fine-tunes; fix: list members of one backbone")
+                if per_backbone < need:
                     raise ConfigError(f"fusions[{i}].method={f.method!r} merges the weights of {need}+ fine-tuned "
-                                      f"members of one backbone; this config gives it {len(pool)}; fix: add members "
+                                      f"members of one backbone; this config gives it {per_backbone}; fix: add members "
                                       "(e.g. grid: {random_state: [0, 1]}) or use an output fusion such as stacking")
             fusion_names.append(f.name or f.method)
         clash = sorted(set(fusion_names) & set(names) | {n for n in fusion_names if fusion_names.count(n) > 1})

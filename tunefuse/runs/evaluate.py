@@ -220,9 +220,10 @@ def load_model(run: RunFolder, name: str):
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged file (a truncated safetensors, bad JSON) is the run's, not ours
+        why = " ".join(str(e).split())[:160]
         raise ConfigError(f"model {name!r} of {str(run.path)!r} cannot be loaded: its files are damaged "
-                          f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); fix: delete members/{name} (or "
-                          f"fusions/{name}) and run `tunefuse fit` on the run's config.yaml again to refit it") from None
+                          f"({type(e).__name__}: {why}); fix: delete members/{name} (or fusions/{name}) and run "
+                          "`tunefuse fit` on the run's config.yaml again to refit it") from None
     names = sorted([p.name for p in (run.path / "members").glob("*") if (p / "member.json").is_file()] +
                    [p.name for p in (run.path / "fusions").glob("*") if (p / "model").is_dir()])
     from .config import closest

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -97,7 +96,8 @@ def _fit(est, X, y, X_val, y_val):
     return est.fit(X, y)
 
 
-def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, data_key: str, say: Callable):
+def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, data_key: str, say: Callable,
+               refit: bool = True):
     """Fit (or find already fitted) one member; always returns the copy read back from its folder."""
     from ..fusion.persist import load_member, save_member
 
@@ -107,18 +107,25 @@ def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, da
     if record.is_file() and json.loads(record.read_text()).get("key") == key:
         say(f"member {m.name}: fitted already, loaded from {folder}")
         return load_member(folder)
+    if not refit:
+        raise ConfigError(f"member {m.name!r} of {str(run.path)!r} was fitted on other data or another spec than "
+                          "the run's config.yaml now reads (a data file changed, or a relative path resolves "
+                          "elsewhere from this folder); fix: run `tunefuse report` from the folder the fit ran in, "
+                          "or `tunefuse fit` to refit")
     say(f"member {m.name}: fitting {m.backbone} ({m.strategy if m.backbone not in CLASSICAL else 'baseline'}) ...")
     t0 = time.perf_counter()
-    est = _fit(build_member(cfg, m, task, run), s.X_train, s.y_train, s.X_val, s.y_val)
+    est = build_member(cfg, m, task, run)
+    est._keep_training_state = True  # removed below once the member is saved: a kill in between resumes finished
+    est = _fit(est, s.X_train, s.y_train, s.X_val, s.y_val)
     fit_s = time.perf_counter() - t0
     est.fit_time_ = getattr(est, "fit_time_", fit_s)
     save_member(est, folder)
-    shutil.rmtree(run.path / "state" / m.name, ignore_errors=True)  # the finished fit removed its state; the folder
     history = getattr(est, "history_", [])
-    for h in history:
-        run.log({"event": "epoch", "member": m.name, **h})
     write_json(record, {"key": key, "name": m.name, "spec": m.model_dump(), "fit_time_s": est.fit_time_,
                         "history": history})
+    shutil.rmtree(run.path / "state" / m.name, ignore_errors=True)
+    for h in history:
+        run.log({"event": "epoch", "member": m.name, **h})
     run.log({"event": "member", "member": m.name, "fit_time_s": est.fit_time_})
     faults.point("member")
     say(f"member {m.name}: done in {fit_s:.1f} s")
@@ -156,7 +163,8 @@ def fit_fusion(run: RunFolder, cfg: Config, f: FusionConfig, members: dict, s: S
     t0 = time.perf_counter()
     if f.method in TRAINING_FUSIONS:
         folder = run.fusion(name)
-        key = _digest(f.model_dump(), cfg.task, cfg.seed, data_key, [n for n, _ in chosen])
+        member_keys = [json.loads((run.member(n) / "fit.json").read_text())["key"] for n, _ in chosen]
+        key = _digest(f.model_dump(), cfg.task, cfg.task_options, cfg.seed, data_key, member_keys)
         record = folder / "fit.json"
         if record.is_file() and json.loads(record.read_text()).get("key") == key:
             say(f"fusion {name}: fitted already, loaded from {folder}")
@@ -194,8 +202,9 @@ def fit_fusion(run: RunFolder, cfg: Config, f: FusionConfig, members: dict, s: S
     return est
 
 
-def fit_run(cfg: Config, *, say: Callable[[str], None] = print) -> RunResult:
-    """Run a config into its output folder; a rerun of the same config resumes where the last one stopped."""
+def fit_run(cfg: Config, *, say: Callable[[str], None] = print, refit: bool = True) -> RunResult:
+    """Run a config into its output folder; a rerun of the same config resumes where the last one stopped.
+    ``refit=False`` (``tunefuse report``): every member must be fitted already; nothing is trained."""
     from ..fusion.members import cached
 
     run = RunFolder(cfg.output)
@@ -211,12 +220,13 @@ def fit_run(cfg: Config, *, say: Callable[[str], None] = print) -> RunResult:
         say(f"data: {s.source or cfg.data.train}; {s.sizes()}")
         data_key = _digest(s.X_train, s.y_train, s.X_val, s.y_val)
         atomic_write(run.config_file, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        meta = {k: v for k, v in meta.items() if k not in ("chosen", "finished")}  # until this run decides again
         write_json(run.run_file, {**meta, "status": "running", "versions": versions(), "data_key": data_key,
                                   "sizes": s.sizes()})
         run.log({"event": "start", "data": s.sizes()})
         members = {}
         for m in cfg.expanded_members():
-            members[m.name] = fit_member(run, cfg, m, task, s, data_key, say)
+            members[m.name] = fit_member(run, cfg, m, task, s, data_key, say, refit)
         members = dict(cached(list(members.items())))  # each member predicts each split once
         fusions = {cfg.fusion_name(f): fit_fusion(run, cfg, f, members, s, data_key, say) for f in cfg.fusions}
         from .evaluate import evaluate_run

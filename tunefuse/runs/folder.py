@@ -122,12 +122,22 @@ class RunFolder:
         return out
 
     def clean_temp(self) -> None:
-        """Remove what a killed fit left half-written: temp folders of atomic saves and temp files."""
-        for p in list(self.path.rglob(".*.tmp-*")) + list(self.path.rglob(".*.old-*")):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+        """Repair what a killed fit left: an atomic folder swap interrupted between its two renames (the old copy is
+        moved back when the new one is missing), then temp folders and files. Only inside the run's own layout."""
+        roots = [self.path] + [self.path / d for d in ("members", "fusions", "state", "predictions")]
+        places = [r for r in roots if r.is_dir()]
+        places += [p for r in places[1:] for p in r.rglob("*") if p.is_dir() and not p.name.startswith(".")]
+        for place in places:
+            for old in place.glob(".*.old-*"):
+                for inner in old.iterdir() if old.is_dir() else []:
+                    if not (place / inner.name).exists():
+                        os.replace(inner, place / inner.name)
+        for place in places:
+            for p in list(place.glob(".*.tmp-*")) + list(place.glob(".*.old-*")):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
     def resolve_inside(self, name: str, what: str = "model") -> Path:
         """``RUN/name`` for a name given on the command line, refused when it points outside the run folder."""
@@ -137,9 +147,19 @@ class RunFolder:
                               "of the run (see its leaderboard.csv)")
         return target
 
+    def check_output(self) -> None:
+        """A fit writes into a new folder, an empty one, or its own run folder: never into another folder."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"output={str(self.path)!r} is a file; fix: set output to a folder path")
+        if self.path.is_dir() and not self.run_file.exists() and any(
+                p.name != ".lock" for p in self.path.iterdir()):
+            raise ConfigError(f"output={str(self.path)!r} is an existing folder that is not a tunefuse run (no "
+                              "run.json); fix: set output to a new folder, e.g. --set output=runs/my-run")
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold ``RUN/.lock`` (an flock, released by the kernel when the process dies, kill -9 included)."""
+        self.check_output()
         self.path.mkdir(parents=True, exist_ok=True)
         f = open(self.path / ".lock", "a+")
         try:

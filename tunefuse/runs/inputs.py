@@ -190,6 +190,10 @@ def read_examples(task: str, source: str, cfg: DataConfig, key: str, labelled: b
             need = [text] + ([cols.get("label", "label")] if labelled else [])
             for c in need[1:]:
                 _column(df, "label", c, key)
+            if not labelled and df[text].isna().any():  # predictions are matched to rows by position: no gaps
+                rows = np.flatnonzero(df[text].isna().to_numpy())
+                raise ConfigError(f"{key}={str(path)!r}: {len(rows)} row(s) have no text (first: row {rows[0]}); "
+                                  "predictions are written one per row in order; fix: fill or drop those rows")
             df = _drop_missing(df, need, key)
             X = df[[text]].rename(columns={text: "text"}).astype({"text": str})
         else:
@@ -217,6 +221,9 @@ def read_examples(task: str, source: str, cfg: DataConfig, key: str, labelled: b
                 raise ConfigError(f"{key}={str(path)!r} holds no sentence; fix: one word and tag per line, a blank "
                                   "line between sentences")
             return X, (y if labelled else None)
+        if fmt in ("csv", "tsv"):
+            raise ConfigError(f"{key}={str(path)!r}: NER sentences are lists of words, which CSV cannot hold; fix: "
+                              "use a CoNLL file (one word and tag per line) or JSONL with 'tokens' and 'tags' lists")
         df = read_table(path, fmt, key)
         words = _column(df, "tokens", cols.get("tokens", "tokens"), key)
         X = [list(w) for w in words]

@@ -75,9 +75,13 @@ def log_to_mlflow(run: RunFolder, cfg, board, verdict, uri: str, experiment: str
                 if col in row and isinstance(row[col], float) and math.isfinite(row[col]):
                     metrics[_key(f"{row['model']}.{col}")] = float(row[col])
         mlflow.log_metrics(metrics)
-        for event in run.events():
-            if event.get("event") != "epoch":
-                continue
+        import json
+
+        histories = []  # each member's curve from its fit record: the fit that produced the saved model, only
+        for record in sorted((run.path / "members").glob("*/fit.json")):
+            rec = json.loads(record.read_text())
+            histories += [{"member": rec["name"], **h} for h in rec.get("history", [])]
+        for event in histories:
             step = int(event.get("epoch", 0))
             for col in ("train_loss", "val_score", "val_loss"):
                 v = event.get(col)
