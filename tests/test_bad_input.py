@@ -173,7 +173,7 @@ CASES = [
                                                                  "members.0.grid": {},
                                                                  "fusions.0.members": ["m", "tfidf"]})],
      "mixes backbones"),
-    ("predict-row-without-text", lambda t: ["predict", fake_run(t), write(t, "gap.csv", "text\na\n\nb\n")],
+    ("predict-row-without-text", lambda t: ["predict", fake_run(t), write(t, "gap.csv", "text,n\na,1\n,2\nb,3\n")],
      "have no text"),
     ("ner-from-csv", lambda t: ["validate", config(t, task="ner", train=str(write(t, "n.csv", "tokens,tags\na,O\n")),
                                                    **{"members.1.backbone": "minilm-l6",
