@@ -499,15 +499,9 @@ def detection(mode: dict, args, out_png: Path) -> dict:
     from tunefuse.fusion.members import cached
     from tunefuse.report import plot_boxes
     from tunefuse.tasks.object_detection import mean_average_precision
-    from tunefuse.vision.boxes import deepforest_data, read_voc
+    from tunefuse.vision.boxes import tree_crowns
 
-    d = deepforest_data()
-    tree = {"Alive": "Tree", "Dead": "Tree"}
-    tr = [read_voc(d / "2019_YELL_2_528000_4978000_image_crop2.xml")]
-    va = [read_voc(d / "OSBS_029.xml"), read_voc(d / "SOAP_061.xml", label_map=tree)]
-    te = [read_voc(d / "2019_YELL_2_541000_4977000_image_crop.xml")]
-    unzip = lambda pairs: ([p for p, _ in pairs], [t for _, t in pairs])  # noqa: E731
-    (Xtr, ytr), (Xva, yva), (Xte, yte) = unzip(tr), unzip(va), unzip(te)
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = tree_crowns()
     task = dataclasses.replace(get_task("object-detection"), tile=DET_SIZE, image_size=DET_SIZE, hflip=True,
                                vflip=True)
     key = digest({"mode": mode, "size": DET_SIZE, "batch": DET_BATCH, "lr": DET_LR,

@@ -92,22 +92,12 @@ class Batcher:
                 i += len(inputs)
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def predictor(model, task) -> "tuple[Callable[[list], list], Callable[[list], list]]":
     """(check, predict): ``check(inputs)`` turns request inputs into the model's X (raising ValueError with the
     field and the fix), ``predict(X)`` returns one JSON-able prediction an input."""
     import pandas as pd
+
+    from .runs.evaluate import _jsonable
 
     def check(inputs: list):
         if task.name in ("text-classification", "token-classification"):
@@ -181,7 +171,7 @@ def create_app(run, name: str | None = None, *, max_batch: int = 128, max_wait_m
     members = getattr(model, "members_", None)
     info = {"run": str(folder.path), "model": name, "task": task.name,
             "kind": f"fusion of {len(members)} members" if members else "single network",
-            "labels": _jsonable(getattr(model, "classes_", getattr(model, "labels_", None))),
+            "labels": _labels(model),
             "verdict": (folder.path / "verdict.txt").read_text().strip() if (folder.path / "verdict.txt").is_file()
             else None, "versions": versions(),
             "limits": {"max_items": max_items, "max_chars": MAX_CHARS, "max_bytes": max_bytes},
@@ -253,6 +243,12 @@ def create_app(run, name: str | None = None, *, max_batch: int = 128, max_wait_m
         return {"model": name, "predictions": out, "time_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     return app
+
+
+def _labels(model):
+    from .runs.evaluate import _jsonable
+
+    return _jsonable(getattr(model, "classes_", getattr(model, "labels_", None)))
 
 
 def _example(task) -> list | None:

@@ -37,21 +37,31 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def write_predictions(run: RunFolder, name: str, pred: list, proba: np.ndarray | None = None,
-                      classes: np.ndarray | None = None, folder: str = "predictions") -> None:
-    out = run.path / folder
-    lines = []
-    for i, p in enumerate(pred):
-        rec = {"id": i, "prediction": _jsonable(p)}
-        if proba is not None:
-            rec["proba"] = {str(c): float(v) for c, v in zip(classes, proba[i])}
-        lines.append(json.dumps(rec))
-    atomic_write(out / f"{name}.jsonl", "\n".join(lines) + "\n")
-    if proba is not None:
+def prediction_files(path, pred: list, proba: np.ndarray | None = None, classes: np.ndarray | None = None,
+                     formats: tuple[str, ...] = ("jsonl", "csv")) -> None:
+    """Write predictions as ``path``.jsonl (every task) and ``path``.csv (classifiers), atomically; the documented
+    format: one row an example in input order, ``id``, ``prediction`` and the class probabilities."""
+    from pathlib import Path
+
+    path = Path(path)
+    if "jsonl" in formats:
+        lines = []
+        for i, p in enumerate(pred):
+            rec = {"id": i, "prediction": _jsonable(p)}
+            if proba is not None:
+                rec["proba"] = {str(c): float(v) for c, v in zip(classes, proba[i])}
+            lines.append(json.dumps(rec))
+        atomic_write(path.with_name(path.name + ".jsonl"), "\n".join(lines) + "\n")
+    if "csv" in formats and proba is not None:
         df = pd.DataFrame({"id": np.arange(len(pred)), "prediction": list(pred)})
         for j, c in enumerate(classes):
             df[f"proba_{c}"] = proba[:, j]
-        atomic_write(out / f"{name}.csv", df.to_csv(index=False))
+        atomic_write(path.with_name(path.name + ".csv"), df.to_csv(index=False))
+
+
+def write_predictions(run: RunFolder, name: str, pred: list, proba: np.ndarray | None = None,
+                      classes: np.ndarray | None = None, folder: str = "predictions") -> None:
+    prediction_files(run.path / folder / name, pred, proba, classes)
 
 
 def _bootstrap_se(metric: Callable[[np.ndarray], float], n: int, n_boot: int = 200, seed: int = 0) -> float:
@@ -276,22 +286,10 @@ def write_prediction_file(path, task, est, X) -> None:
         pred = classes[proba.argmax(1)]
     else:
         proba, classes, pred = None, None, est.predict(task.check_X(X))
-    if path.suffix == ".csv":
-        if proba is None:
-            raise ValueError(f"--out {str(path)!r}: {task.name} predictions are structured (tags, spans, boxes); fix: "
-                             "write them as .jsonl")
-        df = pd.DataFrame({"id": np.arange(len(pred)), "prediction": list(pred)})
-        for j, c in enumerate(classes):
-            df[f"proba_{c}"] = proba[:, j]
-        atomic_write(path, df.to_csv(index=False))
-        return
-    lines = []
-    for i, p in enumerate(pred):
-        rec = {"id": i, "prediction": _jsonable(p)}
-        if proba is not None:
-            rec["proba"] = {str(c): float(v) for c, v in zip(classes, proba[i])}
-        lines.append(json.dumps(rec))
-    atomic_write(path, "\n".join(lines) + "\n")
+    if path.suffix == ".csv" and proba is None:
+        raise ValueError(f"--out {str(path)!r}: {task.name} predictions are structured (tags, spans, boxes); fix: "
+                         "write them as .jsonl")
+    prediction_files(path.with_suffix(""), list(pred), proba, classes, formats=(path.suffix[1:],))
 
 
 def score_models(run: RunFolder, task, X, y, names=None) -> pd.DataFrame:

@@ -338,15 +338,10 @@ def _named(name: str, task: str, cfg: DataConfig, seed: int) -> Splits:
         (a, am), (b, bm), (c, cm) = [(list(i), list(m)) for i, m in parts]
         out = Splits(a, am, b, bm, c, cm)
     elif name == "tree-crowns":
-        from ..vision.boxes import deepforest_data, read_voc
+        from ..vision.boxes import tree_crowns
 
-        d = deepforest_data()
-        tree = {"Alive": "Tree", "Dead": "Tree"}
-        tr = [read_voc(d / "2019_YELL_2_528000_4978000_image_crop2.xml")]
-        va = [read_voc(d / "OSBS_029.xml"), read_voc(d / "SOAP_061.xml", label_map=tree)]
-        te = [read_voc(d / "2019_YELL_2_541000_4977000_image_crop.xml")]
-        un = lambda pairs: ([p for p, _ in pairs], [t for _, t in pairs])  # noqa: E731
-        out = Splits(*un(tr), *un(va), *un(te))
+        (a, ay), (b, by), (c, cy) = tree_crowns()
+        out = Splits(a, ay, b, by, c, cy)
     elif name == "movielens-100k":
         from ..ctr.data import movielens_100k, time_split
 

@@ -314,6 +314,19 @@ def deepforest_data() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
+def tree_crowns() -> tuple[tuple[list, list], tuple[list, list], tuple[list, list]]:
+    """deepforest's tree-crown images as ((train paths, targets), (validation ...), (test ...)): one 2299 x 2472
+    training image (574 boxes), two validation images of other sites (98 boxes; "Alive"/"Dead" read as "Tree") and
+    one 1249 x 1035 test image (279 boxes)."""
+    d = deepforest_data()
+    tree = {"Alive": "Tree", "Dead": "Tree"}
+    tr = [read_voc(d / "2019_YELL_2_528000_4978000_image_crop2.xml")]
+    va = [read_voc(d / "OSBS_029.xml"), read_voc(d / "SOAP_061.xml", label_map=tree)]
+    te = [read_voc(d / "2019_YELL_2_541000_4977000_image_crop.xml")]
+    unzip = lambda pairs: ([p for p, _ in pairs], [t for _, t in pairs])  # noqa: E731
+    return unzip(tr), unzip(va), unzip(te)
+
+
 def image_size_of(path: str) -> tuple[int, int]:
     from PIL import Image
 
