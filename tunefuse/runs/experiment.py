@@ -68,6 +68,16 @@ def _digest(*parts) -> str:
     return hashlib.sha1("\x1f".join(content(p) for p in parts).encode()).hexdigest()[:16]
 
 
+def member_key(cfg: Config, m: MemberConfig, data_key: str) -> str:
+    """What decides a member's weights: its spec, the task and its options, the seed and the data."""
+    return _digest(m.model_dump(), cfg.task, cfg.task_options, cfg.seed, data_key)
+
+
+def _recorded(record, key: str) -> bool:
+    """A fit record (fit.json) of exactly this fit: the member or fusion can be loaded, not refitted."""
+    return record.is_file() and json.loads(record.read_text()).get("key") == key
+
+
 def build_member(cfg: Config, m: MemberConfig, task, run: RunFolder | None = None):
     """The unfitted estimator of one member entry."""
     if m.backbone == "tfidf-logreg":
@@ -102,9 +112,9 @@ def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, da
     from ..fusion.persist import load_member, save_member
 
     folder = run.member(m.name)
-    key = _digest(m.model_dump(), cfg.task, cfg.task_options, cfg.seed, data_key)
+    key = member_key(cfg, m, data_key)
     record = folder / "fit.json"
-    if record.is_file() and json.loads(record.read_text()).get("key") == key:
+    if _recorded(record, key):
         say(f"member {m.name}: fitted already, loaded from {folder}")
         return load_member(folder)
     if not refit:
@@ -166,7 +176,7 @@ def fit_fusion(run: RunFolder, cfg: Config, f: FusionConfig, members: dict, s: S
         member_keys = [json.loads((run.member(n) / "fit.json").read_text())["key"] for n, _ in chosen]
         key = _digest(f.model_dump(), cfg.task, cfg.task_options, cfg.seed, data_key, member_keys)
         record = folder / "fit.json"
-        if record.is_file() and json.loads(record.read_text()).get("key") == key:
+        if _recorded(record, key):
             say(f"fusion {name}: fitted already, loaded from {folder}")
             return load_fusion(folder / "model")
         say(f"fusion {name}: fitting ({f.method} of {chosen[0][0]}'s recipe) ...")
@@ -247,9 +257,7 @@ def dry_run(cfg: Config) -> str:
     lines = [f"task: {task.name}", f"data: {s.source or cfg.data.train}; {s.sizes()}", f"output: {run.path}"]
     data_key = _digest(s.X_train, s.y_train, s.X_val, s.y_val)
     for m in cfg.expanded_members():
-        key = _digest(m.model_dump(), cfg.task, cfg.task_options, cfg.seed, data_key)
-        rec = run.member(m.name) / "fit.json"
-        done = rec.is_file() and json.loads(rec.read_text()).get("key") == key
+        done = _recorded(run.member(m.name) / "fit.json", member_key(cfg, m, data_key))
         state = (run.path / "state" / m.name).exists()
         what = "fitted (skipped)" if done else "interrupted (resumes from its training state)" if state else "to fit"
         lines.append(f"member {m.name}: {m.backbone} {m.strategy} {m.params or ''} -> {what}")
