@@ -5,9 +5,11 @@
 The served model is the reviews demo's chosen one (`tunefuse fit examples/reviews.yaml` first; the run folder is
 fitted when missing). 8 concurrent clients in a separate process send 1 to 16 reviews a request for ``--seconds``,
 against the server with dynamic batching (max 128 inputs, 20 ms wait) and then without (one request a forward pass);
-batching_gain is the requests per second of the first over the second. Single-example latency: the median of 200
-one-review predictions through tunefuse's own fastest torch path (``Finetuner.predict_proba``: bf16 inference copy,
-fused attention) against ONNX Runtime on the export (tokenizers + one session run). Ends with
+batching_gain is the requests per second of the first over the second; torch's per-review cost by batch size shows
+how much of it compute can give on this CPU. Single-example latency: the median of 200 one-review predictions through
+tunefuse's own fastest torch path (``Finetuner.predict_proba``: bf16 inference copy, fused attention) against ONNX
+Runtime on the fp32 export and on the int8 export (``tunefuse export --int8``; tokenizers + one session run), with
+each path's accuracy on test reviews; onnx_speedup_vs_torch is the int8 export's. Ends with
 ``serve_p50_ms=A serve_p99_ms=B serve_rps=C batching_gain=F onnx_speedup_vs_torch=D errors=E``.
 """
 from __future__ import annotations
@@ -98,16 +100,18 @@ def load_test(run: Path, texts_file: Path, seconds: float, max_batch: int, max_w
             "rps": len(lat) / res["seconds"], "requests": len(lat), "errors": res["errors"]}
 
 
-def single_latency(run: Path, texts: list[str], n: int = 200) -> tuple[float, float, str]:
-    """Median ms of one-review predictions: torch (Finetuner.predict_proba) vs ONNX Runtime on the export."""
+def single_latency(run: Path, texts: list[str], test: tuple[list[str], list], n: int = 200) -> dict:
+    """Median ms of one-review predictions: torch (Finetuner.predict_proba) against ONNX Runtime on the fp32 and the
+    int8 export; the int8 model's accuracy beside fp32's on ``test`` rows; per-review cost of torch by batch size."""
     import onnxruntime as ort
     import pandas as pd
-    from tokenizers import Tokenizer
 
-    from tunefuse.export import export_onnx
+    from tunefuse.export import export_onnx, text_proba, text_tokenizer
     from tunefuse.finetuner import Finetuner
+    from tunefuse.runs.config import load_config
     from tunefuse.runs.evaluate import load_model
     from tunefuse.runs.folder import RunFolder
+    from tunefuse.runs.inputs import load_data
 
     folder = RunFolder(run)
     chosen = json.loads((run / "run.json").read_text())["chosen"]
@@ -118,24 +122,23 @@ def single_latency(run: Path, texts: list[str], n: int = 200) -> tuple[float, fl
         est = load_model(folder, name)
     est = getattr(est, "estimator", est)
     out = run / "export" / name
-    export_onnx(est, out)
+    data = load_data(load_config(folder.config_file))  # the int8 check: the run's validation rows, as `export --int8`
+    check = export_onnx(est, out, int8=True, check_texts=est.task_.check_X(data.X_val)[:1000],
+                        check_labels=list(data.y_val)[:1000])
     meta = json.loads((out / "export.json").read_text())
-    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
-    tok.enable_truncation(meta["max_length"])
-    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    sessions = {k: ort.InferenceSession(str(out / f), providers=["CPUExecutionProvider"])
+                for k, f in (("onnx", "model.onnx"), ("int8", "model.int8.onnx"))}
 
-    def onnx_one(text: str):
-        e = tok.encode(text)
-        feeds = {"input_ids": np.array([e.ids], np.int64), "attention_mask": np.array([e.attention_mask], np.int64)}
-        if "token_type_ids" in meta["inputs"]:
-            feeds["token_type_ids"] = np.array([e.type_ids], np.int64)
-        return sess.run(None, feeds)[0]
+    tok = text_tokenizer(out / "tokenizer.json", meta)
+
+    def onnx_one(sess):
+        return lambda text: text_proba(sess, tok, meta, [text])
 
     def torch_one(text: str):
         return est.predict_proba(pd.DataFrame({"text": [text]}))
 
     timings = {}
-    for label, fn in (("torch", torch_one), ("onnx", onnx_one)):
+    for label, fn in (("torch", torch_one), ("onnx", onnx_one(sessions["onnx"])), ("int8", onnx_one(sessions["int8"]))):
         for t in texts[:10]:
             fn(t)  # warm up
         ts = []
@@ -144,7 +147,21 @@ def single_latency(run: Path, texts: list[str], n: int = 200) -> tuple[float, fl
             fn(texts[i % len(texts)])
             ts.append(time.perf_counter() - t0)
         timings[label] = float(np.median(ts) * 1000)
-    return timings["torch"], timings["onnx"], name
+    test_texts, test_y = test
+    labels = np.asarray(meta["labels"])
+    acc = {k: float((labels[text_proba(sess, tok, meta, test_texts).argmax(1)]
+                     == np.asarray([str(v) for v in test_y])).mean()) for k, sess in sessions.items()}
+    acc["torch"] = float((np.asarray(est.predict(pd.DataFrame({"text": test_texts}))) == np.asarray(test_y)).mean())
+    per_review = {}  # torch's per-review cost by batch size: what dynamic batching can gain on this CPU
+    for b in (1, 8, 32, 128):
+        batch = pd.DataFrame({"text": texts[:b]})
+        est.predict_proba(batch)
+        t0, reps = time.perf_counter(), max(2, 64 // b)
+        for _ in range(reps):
+            est.predict_proba(batch)
+        per_review[b] = (time.perf_counter() - t0) / reps / b * 1000
+    return {"name": name, "precision": est.precision_, "ms": timings, "acc": acc, "int8_check": check["int8"],
+            "per_review_ms": per_review}
 
 
 def main() -> None:
@@ -164,7 +181,7 @@ def main() -> None:
                         "--quiet", "--set", f"output={run}"], check=True)
     from tunefuse.datasets import load_reviews
 
-    _, _, Xt, _ = load_reviews(n_train=2000, n_test=4000)
+    _, _, Xt, yt = load_reviews(n_train=2000, n_test=4000)
     texts = list(Xt["text"][:500])
     random.Random(0).shuffle(texts)
     texts_file = run / "bench_serve_texts.json"
@@ -177,12 +194,27 @@ def main() -> None:
     for label, r in ((f"dynamic batching ({args.max_batch}, {args.max_wait_ms:g} ms)", batched),
                      ("one request a forward pass", single)):
         print(f"{label:<34} {r['requests']:>8} {r['rps']:>7.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['errors']:>6}")
-    torch_ms, onnx_ms, name = single_latency(run, texts)
-    print(f"\nsingle-review latency of {name!r} (median of 200): torch predict_proba {torch_ms:.2f} ms, "
-          f"ONNX Runtime {onnx_ms:.2f} ms (tokenizers + one session run)")
+    n_test = 400 if args.quick else 2000
+    r = single_latency(run, texts, (list(Xt["text"][-n_test:]), list(yt[-n_test:])))
+    ms, acc, q = r["ms"], r["acc"], r["int8_check"]
+    print(f"\nsingle-review latency of {r['name']!r} (median of 200 one-review calls; accuracy on the last {n_test} "
+          "test reviews):")
+    print(f"{'path':<46} {'ms':>7} {'speedup':>8} {'accuracy':>9}")
+    for key, label in (("torch", f"torch: Finetuner.predict_proba ({r['precision']})"),
+                       ("onnx", "ONNX Runtime, fp32 export (model.onnx)"),
+                       ("int8", "ONNX Runtime, int8 export (model.int8.onnx)")):
+        print(f"{label:<46} {ms[key]:>7.2f} {ms['torch'] / ms[key]:>7.2f}x {acc[key]:>9.4f}")
+    print(f"int8 check of `export --int8` on {q['rows']} validation rows: label agreement with fp32 "
+          f"{q['label_agreement']:.2%}, accuracy {q.get('int8_accuracy', float('nan')):.4f} vs "
+          f"{q.get('fp32_accuracy', float('nan')):.4f}; {q['size_mb']} MB vs {q['fp32_size_mb']} MB")
+    pr = r["per_review_ms"]
+    print("\ntorch per-review cost by batch size (ms): " + ", ".join(f"{b}: {v:.2f}" for b, v in pr.items()))
+    print(f"a request averages 8.5 reviews, so merging requests into batches of 128 saves at most about "
+          f"{pr[8] / pr[128]:.2f}x of the compute on this CPU (per-review cost at 8 over at 128); the rest of "
+          "batching_gain is per-request overhead")
     gain = batched["rps"] / single["rps"] if single["rps"] else float("nan")
     print(f"\nserve_p50_ms={batched['p50']:.1f} serve_p99_ms={batched['p99']:.1f} serve_rps={batched['rps']:.1f} "
-          f"batching_gain={gain:.2f} onnx_speedup_vs_torch={torch_ms / onnx_ms:.2f} "
+          f"batching_gain={gain:.2f} onnx_speedup_vs_torch={ms['torch'] / ms['int8']:.2f} "
           f"errors={batched['errors'] + single['errors']}")
     write_results(tee, ROOT / "bench" / "results" / f"serve{'_quick' if args.quick else ''}.txt")
 

@@ -290,6 +290,45 @@ def test_example_runs_at_tiny_scale(example, tmp_path):
     assert len(board) >= (1 if example == "detection.yaml" else 2) and board["val_score"].notna().all()
     assert (tmp_path / "run" / "report.html").stat().st_size > 10_000
     assert any((tmp_path / "run" / "predictions").glob("*.jsonl"))
+    if example in ("images.yaml", "segmentation.yaml", "detection.yaml"):
+        served_image_matches_predict(tmp_path / "run")
+
+
+def served_image_matches_predict(run: Path) -> None:
+    """`serve` of an image run: a test image sent as a base64 PNG gets the model's own prediction; a bad image a 422."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from tunefuse.runs.config import load_config
+    from tunefuse.runs.evaluate import load_model
+    from tunefuse.runs.folder import RunFolder
+    from tunefuse.runs.inputs import load_data
+    from tunefuse.serve import create_app
+
+    folder = RunFolder(run)
+    image = load_data(load_config(folder.config_file)).X_test[0]
+    image = np.asarray(Image.open(image).convert("RGB")) if isinstance(image, (str, Path)) else np.asarray(image)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    body = {"inputs": [base64.b64encode(buf.getvalue()).decode()]}
+    model = load_model(folder, folder.read_run()["chosen"])
+    expected = model.predict([Image.open(io.BytesIO(buf.getvalue()))])[0]
+    with TestClient(create_app(run)) as client:
+        got = client.post("/predict", json=body).json()["predictions"][0]
+        bad = client.post("/predict", json={"inputs": ["bm90IGFuIGltYWdl"]})  # base64 of "not an image"
+        assert bad.status_code == 422 and "not an image file" in bad.json()["error"]
+    if "mask_png" in got:  # segmentation: the PNG holds indices into "classes"
+        index = np.asarray(Image.open(io.BytesIO(base64.b64decode(got["mask_png"]))))
+        np.testing.assert_array_equal(np.asarray(got["classes"])[index], expected)
+    elif "detections" in got:
+        assert len(got["detections"]) == len(expected["boxes"])
+        for det, box in zip(got["detections"], expected["boxes"]):
+            np.testing.assert_allclose(det["box"], box, atol=0.01)
+    else:
+        assert str(got["label"]) == str(expected)
 
 
 # ------------------------------------------------------------------------------------------- export, serve
@@ -322,6 +361,59 @@ def test_export_writes_onnx_that_matches_torch_and_runs_alone(fitted_run, tmp_pa
     result = invoke("export", run, "--model", "greedy_soup", "--out", tmp_path / "mine")
     assert result.exit_code == 2 and "is not an earlier export" in result.stderr
     assert (tmp_path / "mine" / "keep.txt").read_text() == "mine"
+
+
+def test_export_int8_is_checked_on_validation_rows_and_refused_when_it_disagrees(fitted_run, tmp_path, monkeypatch):
+    """`export --int8`: model.int8.onnx beside model.onnx, smaller, checked by label agreement and accuracy on the
+    run's validation rows; example.py runs it; an int8 model that disagrees with fp32 is refused, nothing written."""
+    import onnxruntime as ort
+
+    import tunefuse.export as export_mod
+    from tunefuse.runs.config import load_config
+    from tunefuse.runs.evaluate import load_model
+    from tunefuse.runs.folder import RunFolder
+    from tunefuse.runs.inputs import load_data
+
+    run, _ = fitted_run
+    out = tmp_path / "int8"
+    result = invoke("export", run, "--model", "ft-random_state=0", "--out", out, "--int8", "--min-agreement", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "model.int8.onnx" in result.stdout and "validation rows" in result.stdout
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "model.int8.onnx", "tokenizer.json", "export.json",
+                                               "example.py"}
+    meta = json.loads((out / "export.json").read_text())
+    q = meta["int8"]
+    assert meta["model"] == "model.int8.onnx" and q["size_mb"] < q["fp32_size_mb"] / 2
+    data = load_data(load_config(run / "config.yaml"))
+    assert q["rows"] == len(data.y_val) and 0.5 <= q["label_agreement"] <= 1 and 0 <= q["int8_accuracy"] <= 1
+    member = load_model(RunFolder(run), "ft-random_state=0")  # the fp32 ONNX accuracy is the torch member's
+    torch_acc = float((np.asarray(member.predict(data.X_val)) == np.asarray(data.y_val)).mean())
+    assert q["fp32_accuracy"] == pytest.approx(torch_acc, abs=2.5 / len(data.y_val))  # bf16 torch inference
+    texts = ["I love this dress, it fits perfectly", "poor quality, sent it back", "ok"]
+    ran = subprocess.run([sys.executable, str(out / "example.py"), *texts], capture_output=True, text=True,
+                         timeout=120, env={"PATH": os.environ.get("PATH", "")})
+    assert ran.returncode == 0, ran.stderr
+    sess = ort.InferenceSession(str(out / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    tok = export_mod.text_tokenizer(out / "tokenizer.json", meta)
+    expected = export_mod.text_proba(sess, tok, meta, texts).argmax(1)
+    assert [line.split("\t")[0] for line in ran.stdout.splitlines()] == [meta["labels"][i] for i in expected]
+
+    real = export_mod._session
+
+    class Flipped:  # an int8 model that predicts the other label on every row
+        def __init__(self, path):
+            self.sess = real(path)
+
+        def run(self, names, feeds):
+            return [self.sess.run(names, feeds)[0][:, ::-1]]
+
+    monkeypatch.setattr(export_mod, "_session",
+                        lambda path: Flipped(path) if Path(path).name == "model.int8.onnx" else real(path))
+    before = (out / "model.int8.onnx").read_bytes()
+    result = invoke("export", run, "--model", "ft-random_state=0", "--out", out, "--int8")
+    assert result.exit_code == 2, result.output
+    assert "agrees with fp32 on 0.0%" in result.stderr and "without --int8" in result.stderr
+    assert (out / "model.int8.onnx").read_bytes() == before  # the earlier export is intact
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,12 @@
     POST /predict    {"inputs": [...]} -> {"model": name, "predictions": [...]}, one prediction an input, in order
 
 Inputs: texts (sentence classification; NER: raw texts -> entity spans), {"question", "context"} objects (QA), row
-objects with the task's columns (CTR). Bad requests get a 4xx with one line naming the field and the fix: 422 for
-a malformed body, 413 for more than ``max_items`` inputs, a text over ``max_chars`` or a body over ``max_bytes``.
+objects with the task's columns (CTR), base64 image files, PNG/JPEG/... as strings, data URLs too (image
+classification -> label and probabilities; segmentation -> {"classes", "mask_png": a base64 PNG of class indices
+into "classes", "shape", "pixels" per class}; detection -> {"detections": [{"box": [x1, y1, x2, y2], "label",
+"score"}]}). Bad requests get a 4xx with one line naming the field and the fix: 422 for
+a malformed body, 413 for more than ``max_items`` inputs, a text over ``max_chars`` or a body over ``max_bytes``
+(2 MiB; image tasks 64 MiB).
 
 Dynamic batching: concurrent requests wait up to ``max_wait_ms`` in a queue and are predicted together, up to
 ``max_batch`` inputs a forward pass, on one worker thread (so the event loop keeps accepting requests). The batching
@@ -23,6 +27,50 @@ from typing import Any, Callable
 import numpy as np
 
 MAX_ITEMS, MAX_CHARS, MAX_BYTES = 64, 20_000, 2 << 20
+MAX_IMAGE_BYTES = 64 << 20  # the body limit of image tasks: a few large aerial photos, base64-encoded
+MAX_PIXELS = 40_000_000  # a decoded image larger than this is refused (a "decompression bomb" of a few kB)
+VISION_TASKS = ("image-classification", "image-segmentation", "object-detection")
+
+
+def decode_image(x: Any, i: int):
+    """A base64 image file (or a data URL) -> a PIL image, or ValueError / OverflowError naming inputs[i]."""
+    import base64
+    import binascii
+    import io
+
+    from PIL import Image
+
+    if not isinstance(x, str):
+        raise ValueError(f"inputs[{i}] is a {type(x).__name__}, not a base64 string; image tasks take image files "
+                         'as base64; fix: send {"inputs": [base64.b64encode(open(path, "rb").read()).decode()]}')
+    if x.startswith("data:"):
+        x = x.partition(",")[2]
+    try:
+        raw = base64.b64decode(x, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"inputs[{i}] is not valid base64; fix: send base64.b64encode(file bytes).decode()") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise OverflowError(f"inputs[{i}] is a {im.width}x{im.height} image, over the limit of {MAX_PIXELS:,} "
+                                    "pixels; fix: resize it")
+            return im.convert("RGB") if im.mode not in ("RGB", "L") else im.copy()
+    except OverflowError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file; all mean the same to the client
+        raise ValueError(f"inputs[{i}] is not an image file PIL can read ({type(e).__name__}); fix: send a PNG, "
+                         "JPEG, BMP, TIFF or WebP file, base64-encoded") from None
+
+
+def _png_b64(mask: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 class Batcher:
@@ -127,6 +175,8 @@ def predictor(model, task) -> "tuple[Callable[[list], list], Callable[[list], li
                 raise ValueError("CTR inputs are row objects with the task's columns; fix: "
                                  '{"inputs": [{"user_id": 1, "item_id": 2, ...}]}')
             return task.check_X(pd.DataFrame(inputs), "inputs")  # the task's columns must all be there
+        if task.name in VISION_TASKS:
+            return task.check_X([decode_image(x, i) for i, x in enumerate(inputs)], "inputs")
         raise ValueError(f"serving task={task.name!r} over JSON is not supported yet; fix: predict files with "
                          "`tunefuse predict`")
 
@@ -136,13 +186,29 @@ def predictor(model, task) -> "tuple[Callable[[list], list], Callable[[list], li
             classes = np.asarray(model.classes_)
             return [{"label": _jsonable(classes[p.argmax()]), "proba": {str(c): float(v) for c, v in zip(classes, p)}}
                     for p in proba]
+        if task.name == "image-segmentation":  # a mask of labels -> a PNG of indices into the run's classes
+            classes = np.asarray(_labels(model))
+            lookup = {c: k for k, c in enumerate(classes.tolist())}
+            out = []
+            for mask in model.predict(X):
+                values, inverse = np.unique(np.asarray(mask), return_inverse=True)
+                index = np.array([lookup[v] for v in values.tolist()])[inverse].reshape(np.shape(mask))
+                counts = np.bincount(index.ravel(), minlength=len(classes))
+                out.append({"classes": _jsonable(classes), "shape": list(index.shape), "mask_png": _png_b64(index),
+                            "pixels": {str(c): int(n) for c, n in zip(classes, counts) if n}})
+            return out
+        if task.name == "object-detection":
+            return [{"detections": [{"box": [round(float(v), 2) for v in box], "label": _jsonable(label),
+                                     "score": round(float(score), 4)}
+                                    for box, label, score in zip(d["boxes"], d["labels"], d["scores"])]}
+                    for d in model.predict(X)]
         return [_jsonable(p) for p in model.predict(X)]
 
     return check, predict
 
 
 def create_app(run, name: str | None = None, *, max_batch: int = 128, max_wait_ms: float = 20.0,
-               max_items: int = MAX_ITEMS, max_bytes: int = MAX_BYTES):
+               max_items: int = MAX_ITEMS, max_bytes: int | None = None):
     """The FastAPI app serving model ``name`` of run folder ``run`` (default: the verdict's chosen model)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -163,6 +229,7 @@ def create_app(run, name: str | None = None, *, max_batch: int = 128, max_wait_m
                          "`tunefuse fit`, or pass --model NAME")
     model = load_model(folder, name)
     task = task_entry(cfg)
+    max_bytes = max_bytes or (MAX_IMAGE_BYTES if task.name in VISION_TASKS else MAX_BYTES)
     check, predict = predictor(model, task)
     warm = _example(task)
     if warm is not None:
@@ -257,13 +324,15 @@ def _example(task) -> list | None:
         return [{"question": "Who?", "context": "Ada wrote it."}]
     if task.name in ("text-classification", "token-classification"):
         return ["warm up"]
+    if task.name in VISION_TASKS:
+        return [_png_b64(np.zeros((32, 32), np.uint8))]
     return None
 
 
 def serve(run, name: str | None = None, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 128,
-          max_wait_ms: float = 20.0, log_level: str = "warning") -> None:
+          max_wait_ms: float = 20.0, max_bytes: int | None = None, log_level: str = "warning") -> None:
     import uvicorn
 
-    app = create_app(run, name, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    app = create_app(run, name, max_batch=max_batch, max_wait_ms=max_wait_ms, max_bytes=max_bytes)
     print(json.dumps({"serving": app.title, "url": f"http://{host}:{port}", "model": name or "chosen"}), flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
