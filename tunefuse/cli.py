@@ -107,6 +107,41 @@ def validate(config: Path = typer.Argument(..., help="the YAML config"), set_: O
     typer.echo(msg)
 
 
+@app.command()
+@guarded
+def rank(config: Path = typer.Argument(..., help="the YAML config whose task and data to rank on"),
+         candidate: Optional[list[str]] = typer.Option(None, "--candidate", "-c", help="a backbone (repeat it); "
+                                                       "default: the config members' backbones"),
+         max_rows: int = typer.Option(2000, min=20, help="labelled rows to score on (a stratified subsample)"),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the table here (.csv)"),
+         set_: Optional[list[str]] = SetOption):
+    """Rank candidate backbones on the config's training rows before fine-tuning any: LogME and a cross-validated
+    linear probe on frozen features, with time, size, inference cost and licence."""
+    from .runs.config import CLASSICAL
+    from .runs.experiment import task_entry
+    from .runs.inputs import load_data
+    from .selection import rank_backbones
+
+    cfg = _config(config, set_)
+    names = list(dict.fromkeys(candidate or [m.backbone for m in cfg.members if m.backbone not in CLASSICAL]))
+    if any(not n.strip() for n in names):
+        raise ValueError("--candidate '' is empty; fix: pass a backbone name, e.g. --candidate minilm-l6")
+    if not names:
+        raise ValueError(f"{config}: no backbone to rank (its members are classical baselines); fix: pass "
+                         "--candidate NAME, e.g. --candidate minilm-l6 --candidate mpnet-base")
+    if out is not None and out.suffix != ".csv":
+        raise ValueError(f"--out {str(out)!r} must end in .csv; fix: e.g. --out rank.csv")
+    data = load_data(cfg)
+    table = rank_backbones(names, data.X_train, data.y_train, task=task_entry(cfg), max_rows=max_rows)
+    typer.echo(f"ranked {len(names)} backbone(s) on {table.attrs['rows']} rows of {cfg.task} (best LogME first):")
+    typer.echo(table.drop(columns=["licence"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if out is not None:
+        from .runs.folder import atomic_write
+
+        atomic_write(out, table.to_csv(index=False))
+        typer.echo(f"written: {out}")
+
+
 def _open_run(run: Path):
     from .runs.config import load_config
     from .runs.folder import RunFolder
@@ -228,7 +263,8 @@ def serve(run: Path = typer.Argument(..., help="a run folder"),
                                                                           "model"),
           host: str = typer.Option("127.0.0.1", help="the address to listen on"),
           port: int = typer.Option(8000, min=1, max=65535),
-          max_batch: int = typer.Option(128, min=1, help="inputs a forward pass at most (dynamic batching)"),
+          max_batch: Optional[int] = typer.Option(None, min=1, help="inputs a forward pass at most (dynamic "
+                                                  "batching); default 128, 16 for image tasks"),
           max_wait_ms: float = typer.Option(20.0, min=0, help="how long a request waits for others to batch with"),
           max_bytes: Optional[int] = typer.Option(None, min=1, help="the largest request body; default 2 MiB, "
                                                                      "64 MiB for image tasks")):

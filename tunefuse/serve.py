@@ -11,7 +11,7 @@ classification -> label and probabilities; segmentation -> {"classes", "mask_png
 into "classes", "shape", "pixels" per class}; detection -> {"detections": [{"box": [x1, y1, x2, y2], "label",
 "score"}]}). Bad requests get a 4xx with one line naming the field and the fix: 422 for
 a malformed body, 413 for more than ``max_items`` inputs, a text over ``max_chars`` or a body over ``max_bytes``
-(2 MiB; image tasks 64 MiB).
+(2 MiB; image tasks 64 MiB); images over 40 M decoded pixels a request.
 
 Dynamic batching: concurrent requests wait up to ``max_wait_ms`` in a queue and are predicted together, up to
 ``max_batch`` inputs a forward pass, on one worker thread (so the event loop keeps accepting requests). The batching
@@ -28,7 +28,8 @@ import numpy as np
 
 MAX_ITEMS, MAX_CHARS, MAX_BYTES = 64, 20_000, 2 << 20
 MAX_IMAGE_BYTES = 64 << 20  # the body limit of image tasks: a few large aerial photos, base64-encoded
-MAX_PIXELS = 40_000_000  # a decoded image larger than this is refused (a "decompression bomb" of a few kB)
+MAX_PIXELS = 40_000_000  # decoded pixels a request may hold in all (a "decompression bomb" is a few kB of PNG)
+MAX_IMAGE_BATCH = 16  # image tasks' default max_batch: with MAX_PIXELS a request, a batch stays under ~2 GB of RGB
 VISION_TASKS = ("image-classification", "image-segmentation", "object-detection")
 
 
@@ -176,7 +177,14 @@ def predictor(model, task) -> "tuple[Callable[[list], list], Callable[[list], li
                                  '{"inputs": [{"user_id": 1, "item_id": 2, ...}]}')
             return task.check_X(pd.DataFrame(inputs), "inputs")  # the task's columns must all be there
         if task.name in VISION_TASKS:
-            return task.check_X([decode_image(x, i) for i, x in enumerate(inputs)], "inputs")
+            images, pixels = [], 0
+            for i, x in enumerate(inputs):
+                images.append(decode_image(x, i))
+                pixels += images[-1].width * images[-1].height
+                if pixels > MAX_PIXELS:
+                    raise OverflowError(f"inputs[:{i + 1}] hold {pixels:,} pixels, over the limit of {MAX_PIXELS:,} "
+                                        "a request; fix: send fewer or smaller images a request")
+            return task.check_X(images, "inputs")
         raise ValueError(f"serving task={task.name!r} over JSON is not supported yet; fix: predict files with "
                          "`tunefuse predict`")
 
@@ -207,11 +215,12 @@ def predictor(model, task) -> "tuple[Callable[[list], list], Callable[[list], li
     return check, predict
 
 
-def create_app(run, name: str | None = None, *, max_batch: int = 128, max_wait_ms: float = 20.0,
+def create_app(run, name: str | None = None, *, max_batch: int | None = None, max_wait_ms: float = 20.0,
                max_items: int = MAX_ITEMS, max_bytes: int | None = None):
     """The FastAPI app serving model ``name`` of run folder ``run`` (default: the verdict's chosen model)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
+    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field
 
@@ -234,7 +243,12 @@ def create_app(run, name: str | None = None, *, max_batch: int = 128, max_wait_m
     warm = _example(task)
     if warm is not None:
         predict(check(warm))  # warm up: the first forward pass builds the inference copy
-    batcher = Batcher(lambda X: predict(check(X)), max_batch=max_batch, max_wait_ms=max_wait_ms)
+    vision = task.name in VISION_TASKS
+    max_batch = max_batch or (MAX_IMAGE_BATCH if vision else 128)
+    # images are decoded once, in a worker thread, and queued decoded; other inputs are queued as sent and checked
+    # again as one batch (a QA or CTR batch is one DataFrame)
+    batcher = Batcher((lambda X: predict(X)) if vision else (lambda X: predict(check(X))), max_batch=max_batch,
+                      max_wait_ms=max_wait_ms)
     members = getattr(model, "members_", None)
     info = {"run": str(folder.path), "model": name, "task": task.name,
             "kind": f"fusion of {len(members)} members" if members else "single network",
@@ -294,15 +308,15 @@ def create_app(run, name: str | None = None, *, max_batch: int = 128, max_wait_m
         if len(req.inputs) > max_items:
             return error(413, f"inputs has {len(req.inputs)} items, over the limit of {max_items}; fix: split the "
                               "request")
-        try:
-            check(req.inputs)  # validate before queueing: one bad request never fails a batch of others
+        try:  # validate before queueing: one bad request never fails a batch of others
+            checked = await run_in_threadpool(check, req.inputs) if vision else check(req.inputs)
         except OverflowError as e:
             return error(413, str(e))
         except ValueError as e:
             return error(422, str(e))
         t0 = time.perf_counter()
         try:
-            out = await batcher.submit(req.inputs)
+            out = await batcher.submit(checked if vision else req.inputs)
         except ValueError as e:  # the model's own checks (an unseen label set, a column)
             return error(422, str(e))
         except Exception as e:  # noqa: BLE001 - ours: one line, and the server keeps serving
@@ -329,7 +343,7 @@ def _example(task) -> list | None:
     return None
 
 
-def serve(run, name: str | None = None, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 128,
+def serve(run, name: str | None = None, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int | None = None,
           max_wait_ms: float = 20.0, max_bytes: int | None = None, log_level: str = "warning") -> None:
     import uvicorn
 

@@ -113,6 +113,7 @@ def _pretrain(texts, val, backbone, out, objective, epochs, batch_size, lr, weig
     if objective == "mlm" and tok.mask_token_id is None:
         raise ValueError(f"backbone={backbone!r} has no [MASK] token, so it cannot be pretrained by masked-language "
                          "modelling; fix: objective='clm' (a decoder)")
+    tok.padding_side = "right"  # Llama tokenizers pad on the left; shifted labels and positions assume the right
     model.to(device).train()
     # BERT's and MPNet's/RoBERTa's MLM heads: applied to the chosen tokens only (15 % of the positions), which saves
     # most of the vocabulary projection; other architectures run the whole forward

@@ -56,8 +56,13 @@ def logme_columns(features, targets, *, max_iter: int = 100, tol: float = 1e-3) 
         raise ValueError("LogME: the features hold NaN or inf; fix: check the backbone's output (precision, overflow)")
     n, d = f.shape
     u, s, _ = np.linalg.svd(f, full_matrices=False)
-    keep = s > s.max(initial=0) * 1e-10  # drop directions the features do not span
+    if s.max(initial=0) == 0:
+        raise ValueError("LogME: the features are all zero; fix: check the backbone's output")
+    keep = s > s.max() * 1e-10  # drop directions the features do not span
     u, s2 = u[:, keep], s[keep] ** 2
+    if n <= len(s2):  # y lies in the features' span: the evidence has no interior maximum (beta runs to infinity)
+        raise ValueError(f"LogME needs more rows than the features' rank: {n} rows, rank {len(s2)} (dimensions {d}); "
+                         f"fix: score on more than {len(s2)} labelled rows (max_rows), or on a shallower feature")
     out = []
     for k in range(y.shape[1]):
         x = u.T @ y[:, k]

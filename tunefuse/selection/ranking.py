@@ -71,7 +71,11 @@ def rank_backbones(candidates, X, y, *, task: str = "text-classification", max_r
     from ..backbones import BACKBONES
     from ..finetuner import Finetuner
 
-    if task not in PER_EXAMPLE:
+    from ..tasks import get_task
+
+    entry = get_task(task) if isinstance(task, str) else task  # a name, or a configured task (CTR's columns)
+    if entry.name not in PER_EXAMPLE:
+        task = entry.name
         raise ValueError(f"rank_backbones(task={task!r}): transferability needs one feature vector per example, which "
                          f"{task} has not (it labels tokens, spans, pixels or boxes); it applies to "
                          f"{', '.join(PER_EXAMPLE)}; fix: rank on a classification task of the same inputs, or "
@@ -87,7 +91,7 @@ def rank_backbones(candidates, X, y, *, task: str = "text-classification", max_r
         if name in seen:
             raise ValueError(f"candidate name {name!r} appears twice; fix: give each dict candidate a 'name'")
         seen.add(name)
-        est = Finetuner(**{"task": task, "random_state": random_state, "verbose": verbose, **params, **spec,
+        est = Finetuner(**{"task": entry, "random_state": random_state, "verbose": verbose, **params, **spec,
                            "strategy": "head", "early_stopping": False})
         t0 = time.perf_counter()
         est.fit(Xs, ys)  # computes the frozen features once (cached); the head-only probe on them is cheap
