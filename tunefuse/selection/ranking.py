@@ -107,12 +107,12 @@ def rank_backbones(candidates, X, y, *, task: str = "text-classification", max_r
             t2 = time.perf_counter()
             est.features(sample)
             infer_ms = 1000 * (time.perf_counter() - t2) / len(sample)
-        entry = BACKBONES.get(spec["backbone"]) if isinstance(spec["backbone"], str) else None
+        registered = BACKBONES.get(spec["backbone"]) if isinstance(spec["backbone"], str) else None
         n_params = sum(p.numel() for p in est.model_.parameters()) / 1e6
         rows.append({"candidate": name, "logme": score, "probe_acc": acc, "probe_log_loss": loss,
                      "rank_time_s": rank_time, "logme_s": t_logme, "params_m": round(n_params, 1),
                      "features_s": t_feat, "infer_ms": infer_ms, "dims": feats.shape[1],
-                     "licence": entry.license if entry else "see the model card"})
+                     "licence": registered.license if registered else "see the model card"})
     table = pd.DataFrame(rows).sort_values("logme", ascending=False, kind="stable").reset_index(drop=True)
     table.attrs["rows"] = len(ys)
     return table
