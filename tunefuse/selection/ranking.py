@@ -91,7 +91,11 @@ def rank_backbones(candidates, X, y, *, task: str = "text-classification", max_r
         if name in seen:
             raise ValueError(f"candidate name {name!r} appears twice; fix: give each dict candidate a 'name'")
         seen.add(name)
-        est = Finetuner(**{"task": entry, "random_state": random_state, "verbose": verbose, **params, **spec,
+        registered = BACKBONES.get(spec["backbone"]) if isinstance(spec["backbone"], str) else None
+        extra = {}
+        if registered is not None and registered.modality == "decoder" and "pooling" not in {**params, **spec}:
+            extra["pooling"] = "mean"  # a decoder's per-example feature: its mean-pooled hidden states
+        est = Finetuner(**{"task": entry, "random_state": random_state, "verbose": verbose, **extra, **params, **spec,
                            "strategy": "head", "early_stopping": False})
         t0 = time.perf_counter()
         est.fit(Xs, ys)  # computes the frozen features once (cached); the head-only probe on them is cheap
@@ -107,7 +111,6 @@ def rank_backbones(candidates, X, y, *, task: str = "text-classification", max_r
             t2 = time.perf_counter()
             est.features(sample)
             infer_ms = 1000 * (time.perf_counter() - t2) / len(sample)
-        registered = BACKBONES.get(spec["backbone"]) if isinstance(spec["backbone"], str) else None
         n_params = sum(p.numel() for p in est.model_.parameters()) / 1e6
         rows.append({"candidate": name, "logme": score, "probe_acc": acc, "probe_log_loss": loss,
                      "rank_time_s": rank_time, "logme_s": t_logme, "params_m": round(n_params, 1),
