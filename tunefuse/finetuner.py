@@ -20,7 +20,7 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from . import faults, features
+from . import features
 from .checkpoint import atomic_folder, read_json, write_json
 from .data import predict_batches, split_by_length
 from .device import attention_implementation, autocast, pick_device, resolve_precision
@@ -541,26 +541,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         ``checkpoint_dir``."""
         if self.checkpoint_dir is None:
             return LoopState(), None
-        from .train import load_training_state, save_training_state
+        from .train import resumable
 
-        folder = Path(self.checkpoint_dir) / self._resume_key / f"stage-{stage}"
-        state = LoopState()
-        if (folder / "training_state.json").is_file():
-            state = load_training_state(folder, module, optimizer, scheduler)
-            if self.verbose:
-                print(f"resuming {stage} training from {folder} (epoch {state.epoch}, step {state.step})",
-                      flush=True)
-        last = time.monotonic()
-
-        def on_step_end(state: LoopState, force: bool = False) -> None:
-            nonlocal last
-            epoch_end = state.step % steps_per_epoch == 0
-            if force or epoch_end or time.monotonic() - last >= self.checkpoint_every_s:
-                save_training_state(folder, module, optimizer, scheduler, state)
-                last = time.monotonic()
-            faults.point("step")
-
-        return state, on_step_end
+        return resumable(Path(self.checkpoint_dir) / self._resume_key / f"stage-{stage}", module, optimizer,
+                         scheduler, steps_per_epoch, self.checkpoint_every_s, f"{stage} training", self.verbose)
 
     def _evaluate(self, X_val, y_val) -> dict:
         """Validation metric (``val_score``, higher is better) and, for classifiers, log-loss (``val_loss``)."""

@@ -247,7 +247,7 @@ def create_app(run, name: str | None = None, *, max_batch: int | None = None, ma
     max_batch = max_batch or (MAX_IMAGE_BATCH if vision else 128)
     # images are decoded once, in a worker thread, and queued decoded; other inputs are queued as sent and checked
     # again as one batch (a QA or CTR batch is one DataFrame)
-    batcher = Batcher((lambda X: predict(X)) if vision else (lambda X: predict(check(X))), max_batch=max_batch,
+    batcher = Batcher(predict if vision else (lambda X: predict(check(X))), max_batch=max_batch,
                       max_wait_ms=max_wait_ms)
     members = getattr(model, "members_", None)
     info = {"run": str(folder.path), "model": name, "task": task.name,

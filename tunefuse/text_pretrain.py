@@ -3,7 +3,7 @@ Pretraining": domain-adaptive pretraining), through the same loop, precision, ch
 
 Objectives: masked-language modelling for encoders (BERT's rule: 15 % of the tokens chosen, of which 80 % become
 [MASK], 10 % a random token, 10 % stay; Devlin et al., 2019) and causal-LM for decoders (GPT-2, Llama, SmolLM2).
-The masks are drawn from a generator seeded by (seed, epoch, step), so a resumed run masks the same tokens as an
+The masks are drawn from a generator seeded by (seed, step), so a resumed run masks the same tokens as an
 uninterrupted one (transformers' ``DataCollatorForLanguageModeling`` draws from the global RNG, which a resume
 cannot replay: this is why the masking is written here). Held-out texts give a per-epoch validation loss (fixed
 masks); the best epoch is kept. The result is a backbone folder (``save_pretrained`` weights, tokenizer,
@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import faults
 from .checkpoint import atomic_folder, write_json
 from .device import autocast, pick_device, resolve_precision
-from .train import LoopConfig, LoopState, linear_schedule, make_optimizer, param_groups, train_loop
+from .train import LoopConfig, LoopState, linear_schedule, make_optimizer, param_groups, resumable, train_loop
 
 FORMAT = "tunefuse.text.pretrained/1"
 OBJECTIVES = ("auto", "mlm", "clm")
@@ -174,32 +173,22 @@ def _pretrain(texts, val, backbone, out, objective, epochs, batch_size, lr, weig
     optimizer = make_optimizer(groups)
     scheduler = linear_schedule(optimizer, epochs * steps_per_epoch, warmup_ratio)
     trainable = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    state, on_step_end, folder = LoopState(), None, None
+    state, save_state, folder = LoopState(), None, None
     if checkpoint_dir is not None:  # resume: a folder named by what decides the weights
-        from .train import load_training_state, save_training_state
-
         key = hashlib.sha1(json.dumps([str(backbone), objective, epochs, batch_size, lr, weight_decay, warmup_ratio,
                                        mlm_probability, max_length, precision, config_overrides, random_state,
                                        hashlib.sha1("\x1f".join(texts).encode()).hexdigest(),
                                        hashlib.sha1("\x1f".join(val or []).encode()).hexdigest()],
                                       default=str).encode()).hexdigest()[:16]
         folder = Path(checkpoint_dir) / f"pretrain-{key}"
-        if (folder / "training_state.json").is_file():
-            state = load_training_state(folder, model, optimizer, scheduler)
-            if verbose:
-                print(f"resuming pretraining from {folder} (epoch {state.epoch}, step {state.step})", flush=True)
-        last = time.monotonic()
+        state, save_state = resumable(folder, model, optimizer, scheduler, steps_per_epoch, checkpoint_every_s,
+                                      "pretraining", verbose > 0)
 
-        def on_step_end(st: LoopState) -> None:
-            nonlocal last
-            step_seed[0] = st.step
-            if st.step % steps_per_epoch == 0 or time.monotonic() - last >= checkpoint_every_s:
-                save_training_state(folder, model, optimizer, scheduler, st)
-                last = time.monotonic()
-            faults.point("step")
-    else:
-        def on_step_end(st: LoopState) -> None:
-            step_seed[0] = st.step
+    def on_step_end(st: LoopState) -> None:
+        step_seed[0] = st.step  # the next batch's masks
+        if save_state is not None:
+            save_state(st)
+
     step_seed[0] = state.step
     state = train_loop(forward, n, torch.ones(n), [p for _, p in trainable], optimizer, scheduler,
                        LoopConfig(epochs=epochs, batch_size=batch_size, max_grad_norm=1.0, seed=random_state),

@@ -272,3 +272,30 @@ def load_training_state(path, model: torch.nn.Module, optimizer, scheduler) -> L
         torch.cuda.set_rng_state_all(cuda)
     best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
     return LoopState(**meta["loop"], best=best)
+
+
+def resumable(folder, model: torch.nn.Module, optimizer, scheduler, steps_per_epoch: int, every_s: float,
+              label: str = "training", verbose: bool = True) -> tuple[LoopState, Callable]:
+    """(state, on_step_end) for :func:`train_loop`: the training state saved in ``folder`` restored into ``model``,
+    the optimiser and the schedule (or a fresh state), and the step hook that saves it at every epoch's end and every
+    ``every_s`` seconds (``force=True``: now), then passes the ``step`` fault-injection point."""
+    from pathlib import Path
+
+    from . import faults
+
+    folder = Path(folder)
+    state = LoopState()
+    if (folder / "training_state.json").is_file():
+        state = load_training_state(folder, model, optimizer, scheduler)
+        if verbose:
+            print(f"resuming {label} from {folder} (epoch {state.epoch}, step {state.step})", flush=True)
+    last = time.monotonic()
+
+    def on_step_end(state: LoopState, force: bool = False) -> None:
+        nonlocal last
+        if force or state.step % steps_per_epoch == 0 or time.monotonic() - last >= every_s:
+            save_training_state(folder, model, optimizer, scheduler, state)
+            last = time.monotonic()
+        faults.point("step")
+
+    return state, on_step_end

@@ -70,14 +70,12 @@ def rank_backbones(candidates, X, y, *, task: str = "text-classification", max_r
     from .. import features
     from ..backbones import BACKBONES
     from ..finetuner import Finetuner
-
     from ..tasks import get_task
 
     entry = get_task(task) if isinstance(task, str) else task  # a name, or a configured task (CTR's columns)
     if entry.name not in PER_EXAMPLE:
-        task = entry.name
-        raise ValueError(f"rank_backbones(task={task!r}): transferability needs one feature vector per example, which "
-                         f"{task} has not (it labels tokens, spans, pixels or boxes); it applies to "
+        raise ValueError(f"rank_backbones(task={entry.name!r}): transferability needs one feature vector per example, "
+                         f"which {entry.name} has not (it labels tokens, spans, pixels or boxes); it applies to "
                          f"{', '.join(PER_EXAMPLE)}; fix: rank on a classification task of the same inputs, or "
                          "fine-tune the candidates")
     if not candidates:
