@@ -134,7 +134,8 @@ def rank(config: Path = typer.Argument(..., help="the YAML config whose task and
     data = load_data(cfg)
     table = rank_backbones(names, data.X_train, data.y_train, task=task_entry(cfg), max_rows=max_rows)
     typer.echo(f"ranked {len(names)} backbone(s) on {table.attrs['rows']} rows of {cfg.task} (best LogME first):")
-    typer.echo(table.drop(columns=["licence"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    hidden = ["licence"] + ([] if table["error"].any() else ["error"])
+    typer.echo(table.drop(columns=hidden).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if out is not None:
         from .runs.folder import atomic_write
 

@@ -64,12 +64,12 @@ def rank_backbones(candidates, X, y, *, task: str = "text-classification", max_r
                    random_state: int = 0, verbose: int = 0, **params) -> pd.DataFrame:
     """A table, best LogME first: candidate, logme, probe_acc, probe_log_loss (out-of-fold), rank_time_s (features +
     LogME + probe; features_s and logme_s of it), params_m, infer_ms (a fresh frozen forward pass per example, in a
-    batch of 64), dims, licence. ``params``: Finetuner parameters for every candidate (max_length, precision, ...).
+    batch of 64), dims, licence, error (why a candidate that failed to load or score has no scores: it is listed
+    last, the others are still ranked). ``params``: Finetuner parameters for every candidate (max_length,
+    precision, ...).
     Tasks without a per-example feature (NER, QA, segmentation, detection) are refused: rank their backbones on a
     sentence or image classification task of the same data."""
-    from .. import features
     from ..backbones import BACKBONES
-    from ..finetuner import Finetuner
     from ..tasks import get_task
 
     entry = get_task(task) if isinstance(task, str) else task  # a name, or a configured task (CTR's columns)
@@ -90,30 +90,55 @@ def rank_backbones(candidates, X, y, *, task: str = "text-classification", max_r
             raise ValueError(f"candidate name {name!r} appears twice; fix: give each dict candidate a 'name'")
         seen.add(name)
         registered = BACKBONES.get(spec["backbone"]) if isinstance(spec["backbone"], str) else None
-        extra = {}
-        if registered is not None and registered.modality == "decoder" and "pooling" not in {**params, **spec}:
-            extra["pooling"] = "mean"  # a decoder's per-example feature: its mean-pooled hidden states
-        est = Finetuner(**{"task": entry, "random_state": random_state, "verbose": verbose, **extra, **params, **spec,
-                           "strategy": "head", "early_stopping": False})
-        t0 = time.perf_counter()
-        est.fit(Xs, ys)  # computes the frozen features once (cached); the head-only probe on them is cheap
-        feats = est.features(Xs)
-        t_feat = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        score = logme(feats, ys)
-        t_logme = time.perf_counter() - t1
-        acc, loss = probe_scores(feats, ys, cv=cv, random_state=random_state)
-        rank_time = time.perf_counter() - t0
-        sample = Xs.iloc[:64] if hasattr(Xs, "iloc") else Xs[:64]
-        with features.cold():  # inference cost: a fresh forward pass of 64 rows, not a cache hit
-            t2 = time.perf_counter()
-            est.features(sample)
-            infer_ms = 1000 * (time.perf_counter() - t2) / len(sample)
-        n_params = sum(p.numel() for p in est.model_.parameters()) / 1e6
-        rows.append({"candidate": name, "logme": score, "probe_acc": acc, "probe_log_loss": loss,
-                     "rank_time_s": rank_time, "logme_s": t_logme, "params_m": round(n_params, 1),
-                     "features_s": t_feat, "infer_ms": infer_ms, "dims": feats.shape[1],
-                     "licence": registered.license if registered else "see the model card"})
-    table = pd.DataFrame(rows).sort_values("logme", ascending=False, kind="stable").reset_index(drop=True)
+        try:
+            row = _score(name, spec, registered, entry, Xs, ys, cv, random_state, verbose, params)
+        except (ValueError, TypeError, OSError, RuntimeError, ImportError) as e:
+            # a candidate that cannot be loaded or scored is reported in the table; the others are still ranked
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            if verbose:
+                print(f"  {name}: not ranked ({reason})", flush=True)
+            row = {"candidate": name, "error": reason}
+        rows.append(row)
+        if verbose and "error" not in row:
+            print(f"  {name}: LogME {row['logme']:.4f}, probe {row['probe_acc']:.4f} ({row['rank_time_s']:.1f} s)",
+                  flush=True)
+    if all("error" in r for r in rows):
+        raise ValueError("rank_backbones: no candidate could be ranked: " + "; ".join(
+            f"{r['candidate']}: {r['error']}" for r in rows))
+    columns = ["candidate", "logme", "probe_acc", "probe_log_loss", "rank_time_s", "logme_s", "params_m",
+               "features_s", "infer_ms", "dims", "licence", "error"]
+    table = pd.DataFrame(rows).reindex(columns=columns)
+    table["error"] = table["error"].fillna("")
+    table = table.sort_values("logme", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
     table.attrs["rows"] = len(ys)
     return table
+
+
+def _score(name, spec, registered, entry, Xs, ys, cv, random_state, verbose, params) -> dict:
+    """One candidate's row: frozen features of the rows, LogME, the probe's out-of-fold scores, inference cost."""
+    from .. import features
+    from ..finetuner import Finetuner
+
+    extra = {}
+    if registered is not None and registered.modality == "decoder" and "pooling" not in {**params, **spec}:
+        extra["pooling"] = "mean"  # a decoder's per-example feature: its mean-pooled hidden states
+    est = Finetuner(**{"task": entry, "random_state": random_state, "verbose": verbose, **extra, **params, **spec,
+                       "strategy": "head", "early_stopping": False})
+    t0 = time.perf_counter()
+    est.fit(Xs, ys)  # computes the frozen features once (cached); the head-only probe on them is cheap
+    feats = est.features(Xs)
+    t_feat = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    score = logme(feats, ys)
+    t_logme = time.perf_counter() - t1
+    acc, loss = probe_scores(feats, ys, cv=cv, random_state=random_state)
+    rank_time = time.perf_counter() - t0
+    sample = Xs.iloc[:64] if hasattr(Xs, "iloc") else Xs[:64]
+    with features.cold():  # inference cost: a fresh forward pass of 64 rows, not a cache hit
+        t2 = time.perf_counter()
+        est.features(sample)
+        infer_ms = 1000 * (time.perf_counter() - t2) / len(sample)
+    n_params = sum(p.numel() for p in est.model_.parameters()) / 1e6
+    return {"candidate": name, "logme": score, "probe_acc": acc, "probe_log_loss": loss, "rank_time_s": rank_time,
+            "logme_s": t_logme, "params_m": round(n_params, 1), "features_s": t_feat, "infer_ms": infer_ms,
+            "dims": feats.shape[1], "licence": registered.license if registered else "see the model card"}

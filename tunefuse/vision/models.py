@@ -56,9 +56,13 @@ def spec_of(backbone: str, overrides: dict | None) -> dict:
         raise ValueError(f"backbone={backbone!r} is not a vision backbone; valid: "
                          f"{[n for n, b in BACKBONES.items() if b.modality == 'vision']}, 'torchvision:<name>' or "
                          "'timm:<name>' (e.g. 'torchvision:resnet18')")
-    for k in ("image_size", "mean", "std", "low_layer", "feature_layers"):
+    for k in ("image_size", "mean", "std", "low_layer", "feature_layers", "depth"):
         if k in kw:
             spec[k] = kw.pop(k)
+    depth = spec.get("depth")
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise ValueError(f"config_overrides depth={depth!r} must be a positive int: the number of the backbone's "
+                         "blocks kept (e.g. 14 of MobileNetV2's 19); fix: pass an int, or leave it out for all")
     return dict(spec, weights=weights, kwargs=kw)
 
 
@@ -83,6 +87,35 @@ def _default_weights(arch: str) -> str | None:
     raise ValueError(f"backbone={arch!r}: pass config_overrides={{'weights': '<file>'}} or {{'pretrained': False}}")
 
 
+class _LiteTrunk(nn.Module):
+    """EfficientNet-Lite's stem and its first ``depth`` blocks: ``extract_features`` cut short (the package has no
+    such option). Drop-connect keeps the rate schedule of the whole network."""
+
+    def __init__(self, net: nn.Module, depth: int):
+        super().__init__()
+        self.total = len(net._blocks)
+        net._blocks = net._blocks[:depth]
+        del net._conv_head, net._bn1
+        self.net = net
+
+    def forward(self, x):
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for idx, block in enumerate(net._blocks):
+            rate = (net._global_params.drop_connect_rate or 0.0) * idx / self.total
+            x = block(x, drop_connect_rate=rate or None)
+        return x
+
+
+def _cut(blocks: nn.Sequential, depth: int | None, arch: str) -> nn.Sequential:
+    if depth is None:
+        return blocks
+    if depth > len(blocks):
+        raise ValueError(f"config_overrides depth={depth} but backbone {arch!r} has {len(blocks)} blocks; fix: pass "
+                         f"1..{len(blocks)}")
+    return blocks[:depth]
+
+
 class _Call(nn.Module):
     """A module's feature method (timm's ``forward_features``, EfficientNet-Lite's ``extract_features``) as forward."""
 
@@ -97,7 +130,7 @@ class _Call(nn.Module):
 def build_features(spec: dict) -> nn.Module:
     """The feature extractor of ``spec``: images (N, 3, S, S) -> feature map (N, C, h, w) (or tokens (N, L, C))."""
     family, name = spec["arch"].split(":", 1)
-    kw, weights = spec.get("kwargs", {}), spec.get("weights")
+    kw, weights, depth = spec.get("kwargs", {}), spec.get("weights"), spec.get("depth")
     if family == "torchvision":
         import torchvision
 
@@ -109,10 +142,10 @@ def build_features(spec: dict) -> nn.Module:
         if weights:
             model.load_state_dict(_load_weights(weights))
         if isinstance(getattr(model, "features", None), nn.Module):  # MobileNet, EfficientNet, VGG, ConvNeXt
-            return model.features
+            return _cut(model.features, depth, spec["arch"])
         if hasattr(model, "layer4"):  # ResNet, ResNeXt, Wide ResNet
-            return nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2,
-                                 model.layer3, model.layer4)
+            return _cut(nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2,
+                                      model.layer3, model.layer4), depth, spec["arch"])
         raise ValueError(f"backbone 'torchvision:{name}' has neither .features nor .layer4; supported families: "
                          "MobileNet, EfficientNet, VGG, ConvNeXt, ResNet; or use 'timm:<name>'")
     if family == "timm":
@@ -129,6 +162,9 @@ def build_features(spec: dict) -> nn.Module:
                              "{'pretrained': False}") from e
         if weights and weights != "timm-pretrained":
             model.load_state_dict(_load_weights(weights), strict=False)
+        if depth is not None:
+            raise ValueError(f"config_overrides depth={depth} is not supported for timm backbones ('timm:{name}'); "
+                             "fix: pick a shallower timm model by name, or use a torchvision/registered backbone")
         return _Call(model, "forward_features")
     if family == "efficientnet_lite":
         from efficientnet_lite_pytorch import EfficientNet
@@ -140,6 +176,11 @@ def build_features(spec: dict) -> nn.Module:
         if weights:
             model.load_state_dict(_load_weights(weights))
         del model._fc  # the ImageNet classifier: the task's head replaces it
+        if depth is not None and depth < len(model._blocks):
+            return _LiteTrunk(model, depth)
+        if depth is not None and depth > len(model._blocks):
+            raise ValueError(f"config_overrides depth={depth} but backbone {spec['arch']!r} has {len(model._blocks)} "
+                             f"blocks; fix: pass 1..{len(model._blocks)}")
         return _Call(model, "extract_features")
     raise ValueError(f"arch {spec['arch']!r}: unknown family {family!r}; valid: {list(FAMILIES)}")
 
@@ -201,6 +242,12 @@ def _dry_run(module: nn.Module, fn, side: int):
         module.train(was)
 
 
+def _whole(spec: dict, task: str) -> None:
+    if spec.get("depth") is not None:
+        raise ValueError(f"config_overrides depth={spec['depth']} applies to image classification only: {task} heads "
+                         "attach to the backbone's declared feature layers; fix: leave depth out")
+
+
 class ImageSegmenter(nn.Module):
     """Backbone -> LR-ASPP head (torchvision's, Howard et al., 2019, Searching for MobileNetV3) on the stride-8
     ``low`` feature map and the last (stride-32) one -> per-pixel class logits, upsampled to the input size."""
@@ -209,6 +256,7 @@ class ImageSegmenter(nn.Module):
         from torchvision.models.segmentation.lraspp import LRASPPHead
 
         super().__init__()
+        _whole(spec, "segmentation")
         self.backbone = build_features(spec)
         low = spec.get("low_layer")
         if not low:
@@ -258,6 +306,7 @@ class ObjectDetector(nn.Module):
         from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
         super().__init__()
+        _whole(spec, "detection")
         layers = list(spec.get("feature_layers") or [])
         if len(layers) < 2:
             raise ValueError(f"backbone {spec['arch']!r} declares no feature layers, so a detection head cannot "
@@ -357,7 +406,7 @@ def load_saved(path: Path):
         cfg = json.loads((path / "config.json").read_text())
         pre = json.loads((path / "preprocessor_config.json").read_text())
         spec = {k: cfg[k] for k in ("arch", "image_size", "mean", "std", "kwargs")}
-        spec.update({k: cfg[k] for k in ("stem", "low_layer", "feature_layers") if k in cfg})
+        spec.update({k: cfg[k] for k in ("stem", "low_layer", "feature_layers", "depth") if k in cfg})
         model = MODELS[cfg.get("model", "image-classifier")](dict(spec, weights=None), int(cfg["num_labels"]),
                                                              float(cfg.get("dropout", 0.0)), **cfg.get("head", {}))
         model.load_state_dict(load_file(str(path / "model.safetensors")))
