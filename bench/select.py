@@ -22,11 +22,9 @@ no MPNet or 30-layer SmolLM2 (they are the slowest), LP-FT and LoRA of one epoch
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from bench.common import start_tee, write_results  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.common import fit_or_load, mlm_backbone, reviews_split, start_tee, write_results  # noqa: E402,E501
 
 
 def candidates(quick: bool, pretrained: Path | None) -> list[dict]:
@@ -79,26 +79,6 @@ def finetune_params(c: dict, quick: bool, task=None) -> dict:
     params.update(strategy="lora" if decoder else "lp-ft", epochs=1 if (quick or decoder) else 3,
                   batch_size=16, verbose=0)
     return params
-
-
-def fit_or_load(params: dict, seed: int, path: Path, fresh: bool, Xtr, ytr, Xva, yva):
-    """The fine-tune saved at ``path`` when it was fitted with these parameters, else a new fit (saved)."""
-    from tunefuse import Finetuner
-
-    record = path / "bench.json"
-    want = json.dumps({**params, "random_state": seed}, sort_keys=True, default=str)
-    if not fresh and record.is_file() and json.loads(record.read_text())["params"] == want:
-        meta = json.loads(record.read_text())
-        return Finetuner.load(path / "model"), meta["fit_time_s"], "loaded"
-    t0 = time.perf_counter()
-    est = Finetuner(**params, random_state=seed).fit(Xtr, ytr, X_val=Xva, y_val=yva)
-    fit_time = time.perf_counter() - t0
-    est.save(path / "model")
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"params": want, "fit_time_s": fit_time}))
-    os.replace(tmp, record)
-    return est, fit_time, "fitted"
 
 
 def evaluate(cands: list[dict], table, params_of, seeds, folder: Path, fresh: bool, train, val, test) -> list[dict]:
@@ -157,32 +137,19 @@ def main() -> None:
     from sklearn.model_selection import train_test_split
 
     from tunefuse.backbones import BACKBONES
-    from tunefuse.datasets import load_mnist_5k, load_reviews
-    from tunefuse.pretrain import pretrain
+    from tunefuse.datasets import load_mnist_5k
     from tunefuse.selection import rank_backbones
     from tunefuse.tasks import get_task
 
     quick = args.quick
     run_dir = Path(args.run_dir) / ("quick" if quick else "full")
-    n_lab, n_test, n_unlab = (600, 1000, 2000) if quick else (2000, 4000, 16000)
     seeds = (0,) if quick else (0, 1)
-    X, y, Xt, yt = load_reviews(n_train=n_lab, n_test=n_test)
-    cut = int(n_lab * 0.8)
-    Xtr, ytr, Xva, yva = X.iloc[:cut], y[:cut], X.iloc[cut:], y[cut:]
-    pool, _, _, _ = load_reviews(n_train=2000 + n_unlab, n_test=4000)  # the same shuffle: rows 2,000 on are unlabelled
-    unlabelled = pool["text"].iloc[2000:2000 + n_unlab].tolist()
-    print(f"reviews: {cut} train, {n_lab - cut} validation, {n_test} test; {n_unlab} unlabelled texts for MLM; "
-          f"seeds {list(seeds)}", flush=True)
-
-    folder = run_dir / "minilm-l6-mlm"
-    t0 = time.perf_counter()
-    if args.fresh or not (folder / "pretrain.json").is_file():
-        pretrain(unlabelled[:-200], X_val=unlabelled[-200:], task="text-classification", backbone="minilm-l6",
-                 out=folder, epochs=1, batch_size=32, lr=5e-5, checkpoint_dir=run_dir / "state", verbose=1)
-    pre = json.loads((folder / "pretrain.json").read_text())
-    print(f"continued MLM pretraining of minilm-l6: {pre['texts']} texts, {pre['fit_time_s']:.0f} s, held-out "
-          f"MLM loss {pre['history'][-1].get('val_loss', float('nan')):.3f} ({time.perf_counter() - t0:.0f} s now)",
-          flush=True)
+    (Xtr, ytr), (Xva, yva), (Xt, yt), unlabelled = reviews_split(quick)
+    X, y = pd.concat([Xtr, Xva]), np.concatenate([ytr, yva])
+    n_lab = len(y)
+    print(f"reviews: {len(ytr)} train, {len(yva)} validation, {len(yt)} test; {len(unlabelled)} unlabelled texts for "
+          f"MLM; seeds {list(seeds)}", flush=True)
+    folder = mlm_backbone(run_dir, unlabelled, args.fresh)
 
     cands = candidates(quick, folder)
     if any(c["backbone"] == "mpnet-base" for c in cands):

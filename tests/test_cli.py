@@ -265,6 +265,9 @@ SHRINK = {  # each example at tiny scale: (--set overrides)
                           "members[0].params={epochs: 1, batch_size: 8}"],
     "detection.yaml": ["task_options={tile: null, image_size: 96}", "members[0].params={epochs: 1, batch_size: 1}",
                        "members[0].grid={random_state: [0]}", "fusions=[]"],
+    "auto.yaml": ["data.options={n_train: 560, n_test: 40}", "auto.candidates=[minilm-l6, nobody/not-a-model]",
+                  "auto.strategy=head", "auto.params={config_overrides: {num_hidden_layers: 1}, max_length: 64}",
+                  "auto.max_rows=440"],  # LogME needs more rows than MiniLM's 384 dimensions
     "ctr.yaml": ["data.limit=2000", "data.validation_limit=500", "data.test_limit=500",
                  "members[0].params={epochs: 1, batch_size: 256}",
                  "members[1].params={epochs: 1, batch_size: 256, config_overrides: {model: dcn-v2}}"],
@@ -281,7 +284,8 @@ def test_every_task_has_an_example_and_every_example_validates():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", [n for n in SHRINK if n != "reviews.yaml"])  # reviews: test_demo.py
+@pytest.mark.parametrize("example", [n for n in SHRINK if n not in ("reviews.yaml", "auto.yaml")])  # test_demo.py,
+# test_auto_preset_...
 def test_example_runs_at_tiny_scale(example, tmp_path):
     sets = SHRINK[example] + [f"output={tmp_path / 'run'}"]
     result = invoke("fit", EXAMPLES / example, "--quiet", *[x for s in sets for x in ("--set", s)])
@@ -552,3 +556,38 @@ def test_mlflow_logging_to_a_local_file_store(fitted_run, tmp_path, monkeypatch)
     assert [m.step for m in curve] == [1, 2]
     files = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id)}
     assert {"config.yaml", "leaderboard.csv", "report.html", "verdict.txt"} <= files
+
+
+# ------------------------------------------------------------------------------------------- the auto preset
+
+def test_auto_preset_ranks_chooses_within_budget_fuses_explains_and_resumes(tmp_path):
+    """`auto:` ranks the candidates on the training rows, fine-tunes the best that fit the budget beside the listed
+    members, fuses them with the default fusions, says why in auto.json and the report, and a rerun reuses it all."""
+    cfg = EXAMPLES / "auto.yaml"
+    sets = [x for s in SHRINK["auto.yaml"] + [f"output={tmp_path / 'run'}"] for x in ("--set", s)]
+    result = invoke("fit", cfg, *sets)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "run" / "auto.json").read_text())
+    rows = {r["candidate"]: r for r in doc["rows"]}
+    assert rows["minilm-l6"]["chosen"] and rows["minilm-l6"]["member"] == "auto-minilm-l6"
+    assert "logme" in rows["minilm-l6"]["reason"] and rows["minilm-l6"]["estimated_fit_s"] > 0
+    assert rows["minilm-l6"]["fit_s"] > 0  # measured beside the estimate
+    assert not rows["nobody/not-a-model"]["chosen"] and "not ranked" in rows["nobody/not-a-model"]["reason"]
+    ranking = pd.read_csv(tmp_path / "run" / "ranking.csv")
+    assert set(ranking["candidate"]) == {"minilm-l6", "nobody/not-a-model"} and ranking["error"].notna().sum() == 1
+    board = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
+    assert {"tfidf", "auto-minilm-l6", "stacking", "ensemble_selection", "vote_soft"} <= set(board.iloc[:, 0])
+    assert "Backbone choice (auto)" in (tmp_path / "run" / "report.html").read_text()
+    assert "chosen (logme" in result.stdout and "not chosen (not ranked" in result.stdout
+    again = invoke("fit", cfg, *sets)
+    assert again.exit_code == 0, again.output
+    assert "auto: backbones chosen already (auto-minilm-l6)" in again.stdout
+    assert "member auto-minilm-l6: fitted already" in again.stdout
+    poor = invoke("fit", cfg, *sets, "--set", "auto.budget_s=0.0001", "--set", f"output={tmp_path / 'poor'}")
+    assert poor.exit_code == 2 and "no candidate fits budget_s=0" in poor.stderr
+    assert "raise auto.budget_s" in poor.stderr
+    assert len(poor.stderr.strip().splitlines()) == 1
+    ner = invoke("validate", EXAMPLES / "ner.yaml", "--set", "auto.top_k=1")
+    assert ner.exit_code == 2 and "auto: ranking backbones needs one feature vector per example" in ner.stderr
+    bad = invoke("validate", cfg, "--set", "auto.params.epoch=2")
+    assert bad.exit_code == 2 and "auto.params: unknown parameter 'epoch'" in bad.stderr

@@ -221,3 +221,47 @@ def test_gguf_decoder_backbone_fits_saves_and_reloads(reviews, tmp_path):
     clf.save(tmp_path / "smol")
     again = Finetuner.load(tmp_path / "smol")
     np.testing.assert_allclose(again.predict_proba(Xt[:8]), proba, atol=1e-5)
+
+
+def test_a_decoders_head_only_probe_reads_the_last_real_token(reviews):
+    """SmolLM2 (Llama) with its own pooling: the sequence-classification head scores every token and keeps the last
+    non-padding one, so the probe is fitted on that token's hidden state; the fitted model's probabilities are then
+    the probe's on those features (padding or batch composition would otherwise shift them)."""
+    X, y, Xt, _ = reviews
+    clf = Finetuner("smollm2-135m", "head", config_overrides={"num_hidden_layers": 1}, verbose=0,
+                    early_stopping=False).fit(X[:48], y[:48])
+    assert clf.pooling_ == "native"
+    feats = clf.features(Xt[:6])
+    assert feats.shape == (6, clf.model_.config.hidden_size)
+    head = clf.model_.score
+    with torch.no_grad():
+        logits = head(torch.as_tensor(feats, dtype=head.weight.dtype)).float()
+    np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), clf.predict_proba(Xt[:6]), atol=2e-2)
+
+
+@pytest.mark.slow
+def test_gpt2_architecture_decoder_from_a_folder_fits_by_every_strategy(reviews, tmp_path):
+    """A GPT-2-architecture decoder (tiny random configuration and a BPE tokenizer trained on the reviews: no GPT-2
+    weights install here) taken by folder as a hub id would be: no pad token (the EOS stands in), head-only, LP-FT
+    and LoRA fits, saved and reloaded to the same predictions."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    X, y, Xt, _ = reviews
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(X["text"].tolist(), trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                  unk_token="<|endoftext|>")
+    folder = tmp_path / "tiny-gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2)).save_pretrained(
+        folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    for strategy in ("head", "lp-ft", "lora"):
+        clf = Finetuner(str(folder), strategy, epochs=1, max_length=64, verbose=0).fit(X[:64], y[:64])
+        assert type(clf.model_).__name__ == "GPT2ForSequenceClassification"
+        proba = clf.predict_proba(Xt[:8])
+        assert np.isfinite(proba).all() and np.allclose(proba.sum(1), 1, atol=1e-5)
+        clf.save(tmp_path / strategy)
+        np.testing.assert_allclose(Finetuner.load(tmp_path / strategy).predict_proba(Xt[:8]), proba, atol=1e-5)

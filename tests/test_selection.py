@@ -81,6 +81,29 @@ def test_rank_backbones_on_real_reviews_and_refuses_token_tasks():
         rank_backbones(["minilm-l6"], X, y, task="token-classification")
 
 
+def test_rank_backbones_on_digits_reports_candidates_that_fail_and_ranks_the_rest():
+    """Real MobileNetV2 cut after 14 blocks (96 channels) on 300 real digits is ranked; the whole network's 1,280
+    dimensions are more than the rows (LogME refuses) and a backbone that does not exist cannot load: both are
+    reported in the table, listed last, and the ranking of the others stands."""
+    import dataclasses
+
+    from tunefuse.datasets import load_mnist_5k
+    from tunefuse.selection import rank_backbones
+    from tunefuse.tasks import get_task
+
+    X, y, _, _ = load_mnist_5k(n_train=300, n_test=10)
+    task = dataclasses.replace(get_task("image-classification"), image_size=32)
+    cut = {"name": "mnv2@14", "backbone": "mobilenet-v2", "config_overrides": {"depth": 14}}
+    table = rank_backbones([cut, "mobilenet-v2", "torchvision:no_such_net"], X, y, task=task, max_rows=300)
+    assert list(table["candidate"]) == ["mnv2@14", "mobilenet-v2", "torchvision:no_such_net"]
+    ok = table.iloc[0]
+    assert ok["error"] == "" and np.isfinite(ok["logme"]) and ok["dims"] == 96 and ok["probe_acc"] > 0.5
+    assert "more rows than the features' rank" in table.iloc[1]["error"] and np.isnan(table.iloc[1]["logme"])
+    assert "no model 'no_such_net'" in table.iloc[2]["error"]
+    with pytest.raises(ValueError, match="no candidate could be ranked: mobilenet-v2: ValueError: LogME needs"):
+        rank_backbones(["mobilenet-v2"], X, y, task=task, max_rows=300)
+
+
 # --------------------------------------------------------------------------------- continued pretraining (MLM)
 
 def test_mask_tokens_follows_berts_rule_and_never_masks_special_or_padding():

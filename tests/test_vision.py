@@ -153,6 +153,32 @@ def test_any_torchvision_or_timm_name_builds_and_fits(digits, backbone, override
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("backbone, depth, channels", [("mobilenet-v2", 14, 96), ("efficientnet-lite0", 11, 112)])
+def test_a_backbone_cut_at_a_depth_keeps_its_first_blocks_and_round_trips(digits, backbone, depth, channels,
+                                                                          tmp_path):
+    """config_overrides={'depth': k}: the pretrained network's first k blocks (a shallower candidate to rank),
+    the same pretrained weights in them, fitted, saved and reloaded to the same predictions."""
+    Xtr, ytr, Xte, _ = digits
+    whole = Finetuner(backbone, "head", **KW).pretrained_model()
+    cut = Finetuner(backbone, "lp-ft", epochs=1, config_overrides={"depth": depth}, **KW).fit(Xtr[:60], ytr[:60])
+    assert cut.model_.classifier.in_features == channels
+    assert sum(p.numel() for p in cut.model_.parameters()) < 0.5 * sum(p.numel() for p in whole.parameters())
+    first = cut.pretrained_model().backbone.state_dict()
+    for k, v in first.items():
+        torch.testing.assert_close(v, whole.backbone.state_dict()[k])  # the same pretrained weights, fewer blocks
+    cut.save(tmp_path / "cut")
+    again = Finetuner.load(tmp_path / "cut")
+    np.testing.assert_allclose(again.predict_proba(Xte[:8]), cut.predict_proba(Xte[:8]), atol=1e-5)
+    assert again.model_.config.depth == depth
+    with pytest.raises(ValueError, match=r"depth=99 but backbone .* has \d+ blocks; fix: pass 1\.\.\d+"):
+        Finetuner(backbone, "head", config_overrides={"depth": 99}, **KW).fit(Xtr[:20], ytr[:20])
+    with pytest.raises(ValueError, match="depth='x' must be a positive int"):
+        Finetuner(backbone, "head", config_overrides={"depth": "x"}, **KW).fit(Xtr[:20], ytr[:20])
+    seg = dataclasses.replace(get_task("image-segmentation"), image_size=32)
+    with pytest.raises(ValueError, match="depth=3 applies to image classification only"):
+        Finetuner(backbone, "head", task=seg, config_overrides={"depth": 3}).pretrained_model()
+
+
 def test_torchvision_weights_missing_offline_name_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(ValueError, match="not in the torch hub cache.*pretrained': False"):

@@ -111,7 +111,7 @@ def validate(config: Path = typer.Argument(..., help="the YAML config"), set_: O
 @guarded
 def rank(config: Path = typer.Argument(..., help="the YAML config whose task and data to rank on"),
          candidate: Optional[list[str]] = typer.Option(None, "--candidate", "-c", help="a backbone (repeat it); "
-                                                       "default: the config members' backbones"),
+                                                       "default: auto.candidates and the members' backbones"),
          max_rows: int = typer.Option(2000, min=20, help="labelled rows to score on (a stratified subsample)"),
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the table here (.csv)"),
          set_: Optional[list[str]] = SetOption):
@@ -123,7 +123,8 @@ def rank(config: Path = typer.Argument(..., help="the YAML config whose task and
     from .selection import rank_backbones
 
     cfg = _config(config, set_)
-    names = list(dict.fromkeys(candidate or [m.backbone for m in cfg.members if m.backbone not in CLASSICAL]))
+    listed = (cfg.auto.candidates or []) if cfg.auto is not None else []
+    names = list(dict.fromkeys(candidate or listed + [m.backbone for m in cfg.members if m.backbone not in CLASSICAL]))
     if any(not n.strip() for n in names):
         raise ValueError("--candidate '' is empty; fix: pass a backbone name, e.g. --candidate minilm-l6")
     if not names:

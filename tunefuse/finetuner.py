@@ -69,6 +69,18 @@ def _is_classifier(est) -> bool:
     return get_task(est.task).is_classifier if isinstance(est.task, str) else est.task.is_classifier
 
 
+
+def _last_token(hidden: torch.Tensor, input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
+    """The hidden state of each row's last non-padding token: what a decoder's sequence-classification head
+    (GPT-2's, Llama's ``score``) classifies. It applies its linear head to every token and keeps that one, so the
+    probe fits the head on these rows; the same rule as transformers' ``*ForSequenceClassification``."""
+    if pad_token_id is None:
+        return hidden[:, -1]
+    positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    last = (positions * (input_ids != pad_token_id)).argmax(-1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
+
+
 class Finetuner(ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained backbone for a task; a scikit-learn estimator (clone, bag, stack, grid-search it).
 
@@ -591,7 +603,10 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         try:  # the hook sees the head's input batch by batch
             def head_input(model, inputs: dict) -> torch.Tensor:
                 self.task_.logits(model, inputs, self.pooling_)
-                return captured.pop()
+                x = captured.pop()
+                if x.ndim == 3 and self.task_.name == "text-classification":
+                    x = _last_token(x, inputs["input_ids"], model.config.pad_token_id)
+                return x
 
             return self._forward_units(enc, head_input, rows, model=model)
         finally:

@@ -90,12 +90,34 @@ class FusionConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+RANK_BY = ("logme", "probe_acc", "probe_log_loss")
+
+
+class AutoConfig(_Strict):
+    """The ``auto`` preset: rank the candidate backbones on the training rows (``tunefuse rank``), fine-tune the best
+    ``top_k`` whose estimated fit time fits ``budget_s``, fuse them with the config's other members, and record why
+    each candidate was chosen or not (RUN/auto.json, RUN/ranking.csv, the report)."""
+
+    candidates: list[str] | None = Field(None, description="backbones to rank; None: every registered backbone of "
+                                                           "the task's inputs that is installed")
+    top_k: int = Field(2, ge=1, description="at most this many candidates are fine-tuned")
+    budget_s: float = Field(1800.0, gt=0, description="seconds of fine-tuning the chosen candidates may take, by "
+                                                      "the estimate from their ranking's forward passes")
+    strategy: str = Field("lp-ft", description="how each chosen candidate is fine-tuned")
+    params: dict[str, Any] = Field(default_factory=dict, description="Finetuner parameters, e.g. {epochs: 2}")
+    max_rows: int = Field(2000, ge=20, description="training rows the ranking scores on (a stratified subsample)")
+    rank_by: Literal[RANK_BY] = Field("logme", description="the ranking score: LogME, or the cross-validated "
+                                                           "linear probe's accuracy or log-loss")
+
+
 class Config(_Strict):
     task: str = "text-classification"
     task_options: dict[str, Any] = Field(default_factory=dict,
                                          description="options of the task entry, e.g. CTR's column mapping")
     data: DataConfig
-    members: list[MemberConfig] = Field(min_length=1)
+    members: list[MemberConfig] = Field(default_factory=list)
+    auto: AutoConfig | None = Field(None, description="rank candidate backbones and fine-tune the best within a "
+                                                      "time budget (members then are optional)")
     fusions: list[FusionConfig] = Field(default_factory=list)
     selection: Literal[SELECTIONS] = Field("standard-error", description="how the model to ship is picked: the "
                                            "validation score less one standard error, or the raw score")
@@ -116,6 +138,9 @@ class Config(_Strict):
     def _members_and_fusions(self) -> "Config":
         from ..fusion import FUSION_METHODS
 
+        if not self.members and self.auto is None:
+            raise ConfigError("members: none given; fix: list at least one member (backbone, strategy), or add "
+                              "auto: {top_k: 2, budget_s: 1800} to rank backbones and fine-tune the best")
         names = [m.name for m in self.expanded_members()]
         for n in names:
             if not NAME.match(n) or ".." in n:
@@ -151,6 +176,19 @@ class Config(_Strict):
                               "set name: on the fusions")
         for i, m in enumerate(self.members):
             _check_member(self.task, m, f"members[{i}]")
+        if self.auto is not None:
+            from ..selection.ranking import PER_EXAMPLE
+
+            if self.task not in PER_EXAMPLE:
+                raise ConfigError(f"auto: ranking backbones needs one feature vector per example, which task="
+                                  f"{self.task!r} has not; it applies to {', '.join(PER_EXAMPLE)}; fix: list "
+                                  "members, or rank on a classification task of the same inputs")
+            for j, c in enumerate(self.auto.candidates or []):
+                if not isinstance(c, str) or not c.strip():
+                    raise ConfigError(f"auto.candidates[{j}]={c!r} is empty; fix: a backbone name, e.g. minilm-l6")
+            probe = (self.auto.candidates or [None])[0]
+            _check_member(self.task, MemberConfig(backbone=probe or _default_backbone(self.task),
+                                                  strategy=self.auto.strategy, params=self.auto.params), "auto")
         return self
 
     def expanded_members(self) -> list[MemberConfig]:
@@ -167,6 +205,10 @@ class Config(_Strict):
 
     def fusion_name(self, f: FusionConfig) -> str:
         return f.name or f.method
+
+
+def _default_backbone(task: str) -> str:
+    return {"image-classification": "mobilenet-v2", "ctr": "scratch"}.get(task, "minilm-l6")
 
 
 def _check_member(task: str, m: MemberConfig, key: str) -> None:

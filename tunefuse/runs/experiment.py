@@ -234,9 +234,20 @@ def fit_run(cfg: Config, *, say: Callable[[str], None] = print, refit: bool = Tr
         write_json(run.run_file, {**meta, "status": "running", "versions": versions(), "data_key": data_key,
                                   "sizes": s.sizes()})
         run.log({"event": "start", "data": s.sizes()})
+        if cfg.auto is not None:  # the preset's chosen backbones become members like the listed ones
+            from .auto import DEFAULT_FUSIONS, choose
+
+            chosen = choose(run, cfg, task, s, data_key, say)
+            fusions = cfg.fusions or [FusionConfig(method=f) for f in DEFAULT_FUSIONS
+                                      if len(cfg.expanded_members()) + len(chosen) >= 2]
+            cfg = cfg.model_copy(update={"members": cfg.members + chosen, "fusions": fusions})
         members = {}
         for m in cfg.expanded_members():
             members[m.name] = fit_member(run, cfg, m, task, s, data_key, say, refit)
+        if cfg.auto is not None:
+            from .auto import record_fit_times
+
+            record_fit_times(run, members)
         members = dict(cached(list(members.items())))  # each member predicts each split once
         fusions = {cfg.fusion_name(f): fit_fusion(run, cfg, f, members, s, data_key, say) for f in cfg.fusions}
         from .evaluate import evaluate_run
@@ -261,7 +272,16 @@ def dry_run(cfg: Config) -> str:
         state = (run.path / "state" / m.name).exists()
         what = "fitted (skipped)" if done else "interrupted (resumes from its training state)" if state else "to fit"
         lines.append(f"member {m.name}: {m.backbone} {m.strategy} {m.params or ''} -> {what}")
+    if cfg.auto is not None:
+        a = cfg.auto
+        lines.append(f"auto: rank {a.candidates or 'the installed backbones of the task'} by {a.rank_by} on at most "
+                     f"{a.max_rows} training rows, then fine-tune ({a.strategy}) the best {a.top_k} whose estimated "
+                     f"fit time fits {a.budget_s:.0f} s")
     for f in cfg.fusions:
         lines.append(f"fusion {cfg.fusion_name(f)}: {f.method} over {f.members or 'all members'}")
+    if cfg.auto is not None and not cfg.fusions:
+        from .auto import DEFAULT_FUSIONS
+
+        lines.append(f"fusions: {', '.join(DEFAULT_FUSIONS)} over all members (the auto preset's default)")
     return "\n".join(lines)
 

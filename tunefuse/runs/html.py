@@ -303,6 +303,30 @@ def _load_images(paths, idx):
     return [load_rgb(paths[i]) for i in idx]
 
 
+def _auto(run: RunFolder) -> str:
+    """The auto preset's decision (RUN/auto.json): each candidate's ranking scores, estimate and why."""
+    import json
+
+    path = run.path / "auto.json"
+    if not path.is_file():
+        return ""
+    doc = json.loads(path.read_text())
+    head = ["candidate", "LogME", "probe acc", "probe log-loss", "estimated fit s", "fit s", "chosen", "why"]
+
+    def cell(v, fmt="{:.4f}"):
+        return "" if v is None or (isinstance(v, float) and v != v) else html.escape(fmt.format(v))
+
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in (
+            html.escape(r["candidate"]), cell(r.get("logme")), cell(r.get("probe_acc")),
+            cell(r.get("probe_log_loss")), cell(r.get("estimated_fit_s"), "{:.0f}"), cell(r.get("fit_s"), "{:.0f}"),
+            "yes" if r["chosen"] else "no", html.escape(r["reason"]))) + "</tr>" for r in doc["rows"])
+    return (f"<p>Ranked by {html.escape(doc['rank_by'])} on {doc['rows_ranked']} training rows; the best "
+            f"{doc['top_k']} whose estimated fine-tuning fits {doc['budget_s']:.0f} s were fine-tuned "
+            f"({html.escape(doc['strategy'])}).</p><table><tr>" + "".join(f"<th>{h}</th>" for h in head)
+            + f"</tr>{rows}</table>")
+
+
 def write_html_report(run: RunFolder, cfg, task, board: pd.DataFrame, v, models: dict, s, extra: dict) -> Path:
     """Write ``RUN/report.html`` (atomic) and return its path."""
     from .folder import versions
@@ -322,6 +346,9 @@ def write_html_report(run: RunFolder, cfg, task, board: pd.DataFrame, v, models:
              f"{'test' if s.X_test is not None else 'validation'} rows, before and after calibration fitted on "
              "validation.</p>", _table(board, v.chosen), _board_chart(board, metric),
              "<h2>Learning curves</h2>", _curves(histories)]
+    auto = _auto(run)
+    if auto:
+        parts += ["<h2>Backbone choice (auto)</h2>", auto]
     w = _weights(fusions)
     if w:
         parts += ["<h2>Fusion weights</h2>", w]
