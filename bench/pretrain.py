@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="pretrain and refit everything, even what is saved")
     args = ap.parse_args()
     tee = start_tee()
-    run_dir = Path(args.run_dir) / ("quick" if args.quick else "full")
+    run_dir = Path(args.run_dir).resolve() / ("quick" if args.quick else "full")
     (Xtr, ytr), (Xva, yva), (Xt, yt), unlabelled = reviews_split(args.quick)
     print(f"reviews: {len(ytr)} train, {len(yva)} validation, {len(yt)} test; {len(unlabelled)} unlabelled texts; "
           f"seeds {list(SEEDS)}", flush=True)

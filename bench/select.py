@@ -142,7 +142,7 @@ def main() -> None:
     from tunefuse.tasks import get_task
 
     quick = args.quick
-    run_dir = Path(args.run_dir) / ("quick" if quick else "full")
+    run_dir = Path(args.run_dir).resolve() / ("quick" if quick else "full")
     seeds = (0,) if quick else (0, 1)
     (Xtr, ytr), (Xva, yva), (Xt, yt), unlabelled = reviews_split(quick)
     X, y = pd.concat([Xtr, Xva]), np.concatenate([ytr, yva])

@@ -225,18 +225,61 @@ def test_gguf_decoder_backbone_fits_saves_and_reloads(reviews, tmp_path):
 
 def test_a_decoders_head_only_probe_reads_the_last_real_token(reviews):
     """SmolLM2 (Llama) with its own pooling: the sequence-classification head scores every token and keeps the last
-    non-padding one, so the probe is fitted on that token's hidden state; the fitted model's probabilities are then
-    the probe's on those features (padding or batch composition would otherwise shift them)."""
+    non-padding one, so the probe is fitted on that token's hidden state; transformers' own forward over a padded
+    batch of texts of different lengths then gives the probabilities tunefuse predicts."""
     X, y, Xt, _ = reviews
     clf = Finetuner("smollm2-135m", "head", config_overrides={"num_hidden_layers": 1}, verbose=0,
                     early_stopping=False).fit(X[:48], y[:48])
     assert clf.pooling_ == "native"
-    feats = clf.features(Xt[:6])
-    assert feats.shape == (6, clf.model_.config.hidden_size)
-    head = clf.model_.score
+    texts = Xt["text"].iloc[:6].tolist()
+    assert len({len(t) for t in texts}) > 1  # padding differs row to row
+    assert clf.features(Xt[:6]).shape == (6, clf.model_.config.hidden_size)
+    clf.tokenizer_.padding_side = "right"  # as tunefuse pads (left padding would shift Llama's positions)
+    batch = clf.tokenizer_(texts, padding=True, truncation=True, max_length=clf.max_length_, return_tensors="pt")
     with torch.no_grad():
-        logits = head(torch.as_tensor(feats, dtype=head.weight.dtype)).float()
-    np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), clf.predict_proba(Xt[:6]), atol=2e-2)
+        own = torch.softmax(clf.model_.float()(**batch).logits.float(), -1).numpy()
+    np.testing.assert_allclose(own, clf.predict_proba(Xt[:6]), atol=2e-2)
+
+
+def _tiny_tokenizer(texts, **special):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=list(dict.fromkeys(
+        special.values()))))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, **special)
+
+
+def test_a_sentence_encoder_with_a_two_layer_head_gets_one_linear_head(reviews, tmp_path):
+    """MPNet's (and RoBERTa's) classification head is dense + tanh + out_proj, random for a sentence-transformers
+    checkpoint: a mean-pooling model (tiny random MPNet with a 1_Pooling config) gets one linear layer on its
+    mean-pooled features instead, which head-only and LP-FT fits probe, and which a saved model gets back."""
+    import json
+
+    from transformers import MPNetConfig, MPNetModel
+
+    from tunefuse.loading import PooledLinear
+
+    X, y, Xt, _ = reviews
+    tok = _tiny_tokenizer(X["text"].tolist(), pad_token="<pad>", cls_token="<s>", sep_token="</s>", unk_token="<unk>",
+                          mask_token="<mask>", bos_token="<s>", eos_token="</s>")
+    folder = tmp_path / "tiny-mpnet"
+    torch.manual_seed(0)
+    MPNetModel(MPNetConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, pad_token_id=tok.pad_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    for strategy in ("head", "lp-ft"):
+        clf = Finetuner(str(folder), strategy, epochs=1, max_length=64, verbose=0).fit(X[:64], y[:64])
+        assert isinstance(clf.model_.classifier, PooledLinear) and clf.pooling_ == "mean"
+        proba = clf.predict_proba(Xt[:8])
+        clf.save(tmp_path / strategy)
+        again = Finetuner.load(tmp_path / strategy)
+        assert isinstance(again.model_.classifier, PooledLinear)
+        np.testing.assert_allclose(again.predict_proba(Xt[:8]), proba, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -244,15 +287,11 @@ def test_gpt2_architecture_decoder_from_a_folder_fits_by_every_strategy(reviews,
     """A GPT-2-architecture decoder (tiny random configuration and a BPE tokenizer trained on the reviews: no GPT-2
     weights install here) taken by folder as a hub id would be: no pad token (the EOS stands in), head-only, LP-FT
     and LoRA fits, saved and reloaded to the same predictions."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     X, y, Xt, _ = reviews
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(X["text"].tolist(), trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"]))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                  unk_token="<|endoftext|>")
+    tok = _tiny_tokenizer(X["text"].tolist(), eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                          unk_token="<|endoftext|>")
     folder = tmp_path / "tiny-gpt2"
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2)).save_pretrained(

@@ -123,7 +123,11 @@ def rank(config: Path = typer.Argument(..., help="the YAML config whose task and
     from .selection import rank_backbones
 
     cfg = _config(config, set_)
-    listed = (cfg.auto.candidates or []) if cfg.auto is not None else []
+    listed = []
+    if cfg.auto is not None:
+        from .runs.auto import default_candidates
+
+        listed = cfg.auto.candidates or default_candidates(task_entry(cfg))
     names = list(dict.fromkeys(candidate or listed + [m.backbone for m in cfg.members if m.backbone not in CLASSICAL]))
     if any(not n.strip() for n in names):
         raise ValueError("--candidate '' is empty; fix: pass a backbone name, e.g. --candidate minilm-l6")

@@ -27,7 +27,7 @@ from .device import attention_implementation, autocast, pick_device, resolve_pre
 from . import inference
 from .inference import InferenceModel, fast_attention
 from .packing import packed
-from .loading import head_module, load_pretrained, load_saved, quiet_transformers, resolve_pooling
+from .loading import PooledLinear, head_module, load_pretrained, load_saved, quiet_transformers, resolve_pooling
 from .probe import PROBE_L2_GRID, PROBE_L2_GRID_STANDARDIZED, fit_linear_probe, fit_standardized_probe
 from .strategies import get_strategy
 from .tasks import get_task
@@ -604,8 +604,9 @@ class Finetuner(ClassifierMixin, BaseEstimator):
             def head_input(model, inputs: dict) -> torch.Tensor:
                 self.task_.logits(model, inputs, self.pooling_)
                 x = captured.pop()
-                if x.ndim == 3 and self.task_.name == "text-classification":
-                    x = _last_token(x, inputs["input_ids"], model.config.pad_token_id)
+                if x.ndim == 3 and self.task_.name == "text-classification":  # a head that reads one token
+                    x = x[:, 0] if isinstance(head, PooledLinear) else _last_token(
+                        x, inputs["input_ids"], model.config.pad_token_id)
                 return x
 
             return self._forward_units(enc, head_input, rows, model=model)

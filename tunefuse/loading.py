@@ -97,7 +97,41 @@ def load_pretrained(backbone: str, auto_model: str, *, num_labels: int | None, i
     if tokenizer.pad_token_id is None:  # decoders (GPT-2, Llama) ship without a pad token
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
+    if auto_model == "AutoModelForSequenceClassification" and _declares_mean_pooling(source):
+        linear_head(model)
     return model, tokenizer, (entry.max_length if entry else 128), source
+
+
+def _declares_mean_pooling(source: str) -> bool:
+    path = Path(source) / "1_Pooling" / "config.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("pooling_mode_mean_tokens"))
+
+
+class PooledLinear(torch.nn.Linear):
+    """One linear layer in place of a two-layer ``*ClassificationHead`` (MPNet's, RoBERTa's: dense, tanh, out_proj).
+    A sentence-transformers checkpoint ships no such head, so its dense layer would start random; its mean-pooled
+    features were trained to be used directly, so they go to one linear layer, which the probe fits and LP-FT
+    starts from. Given the model's (N, L, H) hidden states (its own forward) it reads the first token, as the
+    replaced head did."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, 0] if x.ndim == 3 else x)
+
+
+def linear_head(model: torch.nn.Module) -> bool:
+    """Swap ``model.classifier`` for a ``PooledLinear`` when it is a two-layer head; marks ``config.tunefuse_
+    linear_head`` so a saved model is rebuilt the same way. Initialised like transformers' heads (normal, std
+    ``initializer_range``; bias 0)."""
+    head = getattr(model, "classifier", None)
+    out = getattr(head, "out_proj", None)
+    if not isinstance(out, torch.nn.Linear) or isinstance(head, torch.nn.Linear):
+        return False
+    new = PooledLinear(model.config.hidden_size, out.out_features, device=out.weight.device, dtype=out.weight.dtype)
+    torch.nn.init.normal_(new.weight, std=getattr(model.config, "initializer_range", 0.02))
+    torch.nn.init.zeros_(new.bias)
+    model.classifier = new
+    model.config.tunefuse_linear_head = True
+    return True
 
 
 def load_saved(path: Path, auto_model: str, *, attn_implementation: str, trust_remote_code: bool = False):
@@ -111,6 +145,19 @@ def load_saved(path: Path, auto_model: str, *, attn_implementation: str, trust_r
                                                            trust_remote_code=trust_remote_code,
                                                            attn_implementation=attn_implementation)
             tokenizer = AutoTokenizer.from_pretrained(path)
+        if getattr(model.config, "tunefuse_linear_head", False) and linear_head(model):
+            from safetensors import safe_open
+
+            found = set()
+            for file in sorted(Path(path).glob("*.safetensors")):  # the saved linear head's weights
+                with safe_open(str(file), "pt") as f:
+                    for k in ("weight", "bias"):
+                        if f"classifier.{k}" in f.keys():
+                            getattr(model.classifier, k).data.copy_(f.get_tensor(f"classifier.{k}"))
+                            found.add(k)
+            if found != {"weight", "bias"}:
+                raise ValueError(f"the linear head's classifier.{{weight,bias}} are not in its safetensors (found "
+                                 f"{sorted(found)})")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"{str(path)!r} could not be read as a {auto_model} checkpoint "
                          f"({type(e).__name__}: {str(e)[:160]}); the files are damaged or incomplete: save the model "

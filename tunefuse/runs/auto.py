@@ -1,18 +1,19 @@
 """The ``auto`` preset of a config: which backbones to fine-tune, decided by ranking them on the training rows.
 
 Every candidate is ranked by ``tunefuse.selection.rank_backbones`` (LogME and a cross-validated linear probe on frozen
-features). Its fine-tuning time is estimated from the forward passes the ranking timed: ``s`` seconds a row frozen,
-a training step costing about three forward passes (forward, backward), so an epoch over ``n`` rows costs about
-``3 s n``; LP-FT adds one frozen pass for its probe. Candidates are then taken best first while fewer than ``top_k``
-are chosen and the estimates fit ``budget_s``; each row of RUN/auto.json says why it was or was not chosen. A rerun
-of the same config on the same data reads the decision back instead of ranking again (so a resumed run fits the
-same members).
+features). Its fine-tuning time is estimated from the forward pass the ranking timed: ``s`` seconds a row frozen,
+measured cold, in batches of 64; a training step costs about three forward passes (forward, backward), so an epoch
+over ``n`` rows costs about ``3 s n``; LP-FT adds one frozen pass for its probe. Candidates are then taken best
+first while fewer than ``top_k`` are chosen and the estimates fit ``budget_s``; each row of RUN/auto.json says why
+it was or was not chosen. A rerun of the same config on the same data reads the decision back instead of ranking
+again (so a resumed run fits the same members).
 """
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
+import math
 import re
 from pathlib import Path
 from typing import Callable
@@ -59,8 +60,10 @@ def _member_name(candidate: str, taken: set) -> str:
     return name
 
 
-def choose(run: RunFolder, cfg: Config, task, s, data_key: str, say: Callable[[str], None]) -> list[MemberConfig]:
-    """The members the ``auto`` block adds, ranked (or read back from RUN/auto.json when already decided)."""
+def choose(run: RunFolder, cfg: Config, task, s, data_key: str, say: Callable[[str], None],
+           refit: bool = True) -> list[MemberConfig]:
+    """The members the ``auto`` block adds, ranked (or read back from RUN/auto.json when already decided;
+    ``refit=False``, as ``tunefuse report`` runs it, only reads it back)."""
     from ..finetuner import Finetuner
     from ..selection import rank_backbones
 
@@ -69,15 +72,20 @@ def choose(run: RunFolder, cfg: Config, task, s, data_key: str, say: Callable[[s
     if not candidates:
         raise ConfigError(f"auto.candidates: no backbone for task={task.name!r} is installed; fix: list candidates, "
                           "e.g. [minilm-l6]")
-    key = hashlib.sha1(json.dumps([data_key, auto.model_dump(), candidates, cfg.seed], default=str)
-                       .encode()).hexdigest()[:16]
+    listed = sorted(m.name for m in cfg.expanded_members())
+    key = hashlib.sha1(json.dumps([data_key, auto.model_dump(), candidates, cfg.seed, cfg.task, cfg.task_options,
+                                   listed], default=str, sort_keys=True).encode()).hexdigest()[:16]
     record = run.path / "auto.json"
     if record.is_file():
         saved = json.loads(record.read_text())
         if saved.get("key") == key:
             say(f"auto: backbones chosen already ({', '.join(r['member'] for r in saved['rows'] if r['chosen'])})")
             return [MemberConfig(name=r["member"], backbone=r["candidate"], strategy=auto.strategy,
-                                 params=dict(auto.params)) for r in saved["rows"] if r["chosen"]]
+                                 params=_member_params(auto, r["candidate"])) for r in saved["rows"] if r["chosen"]]
+    if not refit:
+        raise ConfigError(f"auto: {str(run.path)!r} holds no backbone choice for the config and data its "
+                          "config.yaml now reads; fix: run `tunefuse fit` to rank and fit, or `tunefuse report` from "
+                          "the folder the fit ran in")
     say(f"auto: ranking {len(candidates)} candidate backbone(s) on at most {auto.max_rows} training rows ...")
     # the model that is ranked is the one that would be fine-tuned (its config_overrides, max_length, precision)
     params = {k: v for k, v in auto.params.items() if k not in ("strategy", "early_stopping", "random_state")}
@@ -92,7 +100,7 @@ def choose(run: RunFolder, cfg: Config, task, s, data_key: str, say: Callable[[s
     taken = {m.name for m in cfg.expanded_members()}
     rows, spent, chosen = [], 0.0, 0
     for rank, r in enumerate(ranked.itertuples(index=False), 1):
-        est = estimate_fit_s(r.features_s / rows_ranked, n_rows, auto.strategy, epochs)
+        est = estimate_fit_s(r.infer_ms / 1000, n_rows, auto.strategy, epochs)  # a cold forward pass a row
         score = f"{auto.rank_by} {getattr(r, auto.rank_by):.4f}, rank {rank} of {len(ranked)}"
         if chosen >= auto.top_k:
             ok, why = False, f"{score}; top_k={auto.top_k} already chosen"
@@ -112,16 +120,28 @@ def choose(run: RunFolder, cfg: Config, task, s, data_key: str, say: Callable[[s
                      "reason": f"not ranked: {r.error}"})
     if not chosen:
         cheapest = min((x["estimated_fit_s"] for x in rows if x["rank"]), default=None)
-        fix = (f"raise auto.budget_s to at least {cheapest:.0f}, or pick a cheaper strategy (head)" if cheapest
-               else "check the candidates' errors in the ranking")
+        fix = (f"raise auto.budget_s to at least {math.ceil(cheapest)}, or pick a cheaper strategy (head)"
+               if cheapest is not None else "check the candidates' errors in the ranking")
         raise ConfigError(f"auto: no candidate fits budget_s={auto.budget_s:.0f} ("
                           + "; ".join(f"{x['candidate']}: {x['reason']}" for x in rows) + f"); fix: {fix}")
     write_json(record, {"key": key, "rank_by": auto.rank_by, "budget_s": auto.budget_s, "top_k": auto.top_k,
                         "strategy": auto.strategy, "rows_ranked": rows_ranked, "rows": rows})
     for x in rows:
         say(f"auto: {x['candidate']}: {'chosen' if x['chosen'] else 'not chosen'} ({x['reason']})")
-    return [MemberConfig(name=x["member"], backbone=x["candidate"], strategy=auto.strategy, params=dict(auto.params))
-            for x in rows if x["chosen"]]
+    return [MemberConfig(name=x["member"], backbone=x["candidate"], strategy=auto.strategy,
+                         params=_member_params(auto, x["candidate"])) for x in rows if x["chosen"]]
+
+
+def _member_params(auto, candidate: str) -> dict:
+    """The chosen member's parameters: the preset's, and the pooling its ranking used (a registered decoder is
+    ranked on mean-pooled hidden states, so it is fine-tuned on them too)."""
+    from ..backbones import BACKBONES
+
+    params = dict(auto.params)
+    entry = BACKBONES.get(candidate)
+    if entry is not None and entry.modality == "decoder":
+        params.setdefault("pooling", "mean")
+    return params
 
 
 def record_fit_times(run: RunFolder, members: dict) -> None:

@@ -237,7 +237,7 @@ def fit_run(cfg: Config, *, say: Callable[[str], None] = print, refit: bool = Tr
         if cfg.auto is not None:  # the preset's chosen backbones become members like the listed ones
             from .auto import DEFAULT_FUSIONS, choose
 
-            chosen = choose(run, cfg, task, s, data_key, say)
+            chosen = choose(run, cfg, task, s, data_key, say, refit)
             fusions = cfg.fusions or [FusionConfig(method=f) for f in DEFAULT_FUSIONS
                                       if len(cfg.expanded_members()) + len(chosen) >= 2]
             cfg = cfg.model_copy(update={"members": cfg.members + chosen, "fusions": fusions})

@@ -346,7 +346,7 @@ def write_html_report(run: RunFolder, cfg, task, board: pd.DataFrame, v, models:
              f"{'test' if s.X_test is not None else 'validation'} rows, before and after calibration fitted on "
              "validation.</p>", _table(board, v.chosen), _board_chart(board, metric),
              "<h2>Learning curves</h2>", _curves(histories)]
-    auto = _auto(run)
+    auto = _auto(run) if getattr(cfg, "auto", None) is not None else ""
     if auto:
         parts += ["<h2>Backbone choice (auto)</h2>", auto]
     w = _weights(fusions)

@@ -24,8 +24,10 @@ def _spec(candidate: Any) -> tuple[str, dict]:
         return candidate, {"backbone": candidate}
     if isinstance(candidate, dict) and "backbone" in candidate:
         params = {k: v for k, v in candidate.items() if k != "name"}
-        layers = (params.get("config_overrides") or {}).get("num_hidden_layers")
-        return candidate.get("name") or (params["backbone"] + (f"@{layers}L" if layers else "")), params
+        over = params.get("config_overrides") or {}
+        layers, depth = over.get("num_hidden_layers"), over.get("depth")
+        return candidate.get("name") or (params["backbone"] + (f"@{layers}L" if layers else "")
+                                         + (f"@{depth}" if depth else "")), params
     raise ValueError(f"candidate {candidate!r} must be a backbone name, a folder, a hub id, or a dict with a "
                      "'backbone' key and Finetuner parameters, e.g. {'backbone': 'minilm-l6', 'config_overrides': "
                      "{'num_hidden_layers': 2}}")
@@ -104,7 +106,8 @@ def rank_backbones(candidates, X, y, *, task: str = "text-classification", max_r
                   flush=True)
     if all("error" in r for r in rows):
         raise ValueError("rank_backbones: no candidate could be ranked: " + "; ".join(
-            f"{r['candidate']}: {r['error']}" for r in rows))
+            f"{r['candidate']}: {r['error']}" for r in rows) + "; fix: as each reason says (install or correct the "
+            "backbone, or score on more rows than the features' dimensions with max_rows)")
     columns = ["candidate", "logme", "probe_acc", "probe_log_loss", "rank_time_s", "logme_s", "params_m",
                "features_s", "infer_ms", "dims", "licence", "error"]
     table = pd.DataFrame(rows).reindex(columns=columns)
