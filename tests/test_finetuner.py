@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -256,8 +258,6 @@ def test_a_sentence_encoder_with_a_two_layer_head_gets_one_linear_head(reviews, 
     """MPNet's (and RoBERTa's) classification head is dense + tanh + out_proj, random for a sentence-transformers
     checkpoint: a mean-pooling model (tiny random MPNet with a 1_Pooling config) gets one linear layer on its
     mean-pooled features instead, which head-only and LP-FT fits probe, and which a saved model gets back."""
-    import json
-
     from transformers import MPNetConfig, MPNetModel
 
     from tunefuse.loading import PooledLinear
@@ -285,8 +285,9 @@ def test_a_sentence_encoder_with_a_two_layer_head_gets_one_linear_head(reviews, 
 @pytest.mark.slow
 def test_gpt2_architecture_decoder_from_a_folder_fits_by_every_strategy(reviews, tmp_path):
     """A GPT-2-architecture decoder (tiny random configuration and a BPE tokenizer trained on the reviews: no GPT-2
-    weights install here) taken by folder as a hub id would be: no pad token (the EOS stands in), head-only, LP-FT
-    and LoRA fits, saved and reloaded to the same predictions."""
+    weights install here) taken by folder as a hub id would be: no pad token (the EOS stands in); causal-LM
+    pretraining lowers its held-out loss; head-only, LP-FT and LoRA fits (and LP-FT of the adapted folder), saved
+    and reloaded to the same predictions."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     X, y, Xt, _ = reviews
@@ -297,10 +298,19 @@ def test_gpt2_architecture_decoder_from_a_folder_fits_by_every_strategy(reviews,
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2)).save_pretrained(
         folder, safe_serialization=True)
     tok.save_pretrained(folder)
-    for strategy in ("head", "lp-ft", "lora"):
-        clf = Finetuner(str(folder), strategy, epochs=1, max_length=64, verbose=0).fit(X[:64], y[:64])
+    # continued causal-LM pretraining on unlabelled texts lowers the held-out loss and writes a backbone folder
+    from tunefuse.pretrain import pretrain
+
+    texts = Xt["text"].tolist()
+    adapted = pretrain(texts[:48], X_val=texts[48:], task="text-classification", backbone=str(folder),
+                       out=tmp_path / "adapted", epochs=3, batch_size=8, lr=3e-3, max_length=64, verbose=0)
+    meta = json.loads((adapted / "pretrain.json").read_text())
+    assert meta["objective"] == "clm" and meta["history"][-1]["val_loss"] < meta["history"][0]["val_loss"]
+    for strategy, source in (("head", folder), ("lp-ft", folder), ("lora", folder), ("lp-ft", adapted)):
+        clf = Finetuner(str(source), strategy, epochs=1, max_length=64, verbose=0).fit(X[:64], y[:64])
         assert type(clf.model_).__name__ == "GPT2ForSequenceClassification"
         proba = clf.predict_proba(Xt[:8])
         assert np.isfinite(proba).all() and np.allclose(proba.sum(1), 1, atol=1e-5)
-        clf.save(tmp_path / strategy)
-        np.testing.assert_allclose(Finetuner.load(tmp_path / strategy).predict_proba(Xt[:8]), proba, atol=1e-5)
+        clf.save(tmp_path / f"{strategy}-{source.name}")
+        again = Finetuner.load(tmp_path / f"{strategy}-{source.name}")
+        np.testing.assert_allclose(again.predict_proba(Xt[:8]), proba, atol=1e-5)
