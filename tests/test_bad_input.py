@@ -91,7 +91,7 @@ CASES = [
      "fusions[0].members"),
     ("duplicate-member", lambda t: ["validate", config(t, **{"members.1.name": "m-random_state=0"})],
      "more than once"),
-    ("no-members", lambda t: ["validate", config(t, members=[])], "at least 1"),
+    ("no-members", lambda t: ["validate", config(t, members=[])], "members: none given"),
     ("missing-data", lambda t: ["validate", config(t, data=None)], "required key is missing"),
     ("bad-fraction", lambda t: ["validate", config(t, **{"data.validation_fraction": 1.5})], "less than 1"),
     ("bad-format", lambda t: ["validate", config(t, **{"data.format": "xls"})], "data.format='xls'"),

@@ -177,7 +177,7 @@ def test_published_schema_is_current():
 
     published = json.loads((EXAMPLES / "tunefuse.schema.json").read_text())
     assert published == json.loads(json.dumps(config_schema()))
-    assert published["additionalProperties"] is False and "members" in published["required"]
+    assert published["additionalProperties"] is False and "data" in published["required"]
 
 
 def test_a_second_fit_of_a_locked_run_folder_is_refused(tmp_path):

@@ -295,7 +295,8 @@ def test_gpt2_architecture_decoder_from_a_folder_fits_by_every_strategy(reviews,
                           unk_token="<|endoftext|>")
     folder = tmp_path / "tiny-gpt2"
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2)).save_pretrained(
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(
         folder, safe_serialization=True)
     tok.save_pretrained(folder)
     # continued causal-LM pretraining on unlabelled texts lowers the held-out loss and writes a backbone folder

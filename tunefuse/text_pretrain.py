@@ -90,7 +90,12 @@ def pretrain_text(texts, *, backbone, out, texts_val=None, objective: str = "aut
             objective = "clm" if entry.modality == "decoder" else "mlm"
         else:
             config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-            causal = config.is_decoder or any("CausalLM" in a for a in (config.architectures or []))
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CLM
+            from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as MLM
+
+            archs = config.architectures or []  # GPT2LMHeadModel, LlamaForCausalLM; BERT has both mappings
+            causal = getattr(config, "is_decoder", False) or any("CausalLM" in a or "LMHeadModel" in a for a in archs) \
+                or (config.model_type in CLM and config.model_type not in MLM)
             objective = "clm" if causal else "mlm"
     device = pick_device("auto")
     precision = resolve_precision(precision, device)

@@ -111,7 +111,7 @@ def rank_backbones(candidates, X, y, *, task: str = "text-classification", max_r
     columns = ["candidate", "logme", "probe_acc", "probe_log_loss", "rank_time_s", "logme_s", "params_m",
                "features_s", "infer_ms", "dims", "licence", "error"]
     table = pd.DataFrame(rows).reindex(columns=columns)
-    table["error"] = table["error"].fillna("")
+    table["error"] = [e if isinstance(e, str) else "" for e in table["error"]]
     table = table.sort_values("logme", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
     table.attrs["rows"] = len(ys)
     return table
