@@ -67,6 +67,17 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
 
 # ------------------------------------------------------------------ what bench/select.py and bench/pretrain.py share
 
+def bench_args(doc: str, root: Path):
+    """The options bench/select.py and bench/pretrain.py share: --quick, --run-dir (their shared cache), --fresh."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--run-dir", default=str(root / "runs" / "bench_select"))
+    ap.add_argument("--fresh", action="store_true", help="pretrain and refit everything, even what is saved")
+    return ap.parse_args()
+
+
 def reviews_split(quick: bool):
     """The fusion bench's reviews: 2,000 labelled (1,600 train, 400 validation; --quick 600: 480/120), the last 4,000
     test (--quick 1,000), and 16,000 unlabelled texts (--quick 2,000) from rows that are neither: rows 2,000 on of

@@ -13,7 +13,6 @@ the seed-averaged effect over test rows. Ends with ``pretrain_effect=D sd=S``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -27,17 +26,13 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.common import bootstrap_lift, fit_or_load, mlm_backbone, reviews_split, start_tee, write_results  # noqa: E402,E501
+from bench.common import bench_args, bootstrap_lift, fit_or_load, mlm_backbone, reviews_split, start_tee, write_results  # noqa: E402,E501
 
 SEEDS = (0, 1, 2)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench_select"))
-    ap.add_argument("--fresh", action="store_true", help="pretrain and refit everything, even what is saved")
-    args = ap.parse_args()
+    args = bench_args(__doc__, ROOT)
     tee = start_tee()
     run_dir = Path(args.run_dir).resolve() / ("quick" if args.quick else "full")
     (Xtr, ytr), (Xva, yva), (Xt, yt), unlabelled = reviews_split(args.quick)

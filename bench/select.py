@@ -21,7 +21,6 @@ no MPNet or 30-layer SmolLM2 (they are the slowest), LP-FT and LoRA of one epoch
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -40,7 +39,7 @@ from scipy.stats import kendalltau  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from bench.common import fit_or_load, mlm_backbone, reviews_split, start_tee, write_results  # noqa: E402,E501
+from bench.common import bench_args, fit_or_load, mlm_backbone, reviews_split, start_tee, write_results  # noqa: E402,E501
 
 
 def candidates(quick: bool, pretrained: Path | None) -> list[dict]:
@@ -126,11 +125,7 @@ def report(title: str, rows: list[dict], n_seeds: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench_select"))
-    ap.add_argument("--fresh", action="store_true", help="refit everything, even what is saved")
-    args = ap.parse_args()
+    args = bench_args(__doc__, ROOT)
     tee = start_tee()
     import dataclasses
 

@@ -69,7 +69,6 @@ def _is_classifier(est) -> bool:
     return get_task(est.task).is_classifier if isinstance(est.task, str) else est.task.is_classifier
 
 
-
 def _last_token(hidden: torch.Tensor, input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
     """The hidden state of each row's last non-padding token: what a decoder's sequence-classification head
     (GPT-2's, Llama's ``score``) classifies. It applies its linear head to every token and keeps that one, so the

@@ -51,9 +51,7 @@ def resolve_pooling(pooling: str, source: str, model: torch.nn.Module, head: tor
     mean_ok = isinstance(head, torch.nn.Linear) and head.in_features == model.config.hidden_size and hasattr(
         model, "base_model_prefix")
     if pooling == "auto":
-        path = Path(source) / "1_Pooling" / "config.json"
-        declared = json.loads(path.read_text()) if path.is_file() else {}
-        return "mean" if declared.get("pooling_mode_mean_tokens") and mean_ok else "native"
+        return "mean" if _declares_mean_pooling(source) and mean_ok else "native"
     if pooling == "mean" and not mean_ok:
         raise ValueError(f"pooling='mean' needs a linear head on the hidden states; {type(model).__name__} has "
                          f"{type(head).__name__ if head is not None else 'no head'}; fix: pass pooling='native'")
@@ -103,6 +101,7 @@ def load_pretrained(backbone: str, auto_model: str, *, num_labels: int | None, i
 
 
 def _declares_mean_pooling(source: str) -> bool:
+    """Whether ``source`` is a sentence-transformers folder whose pooling is the mean of the tokens."""
     path = Path(source) / "1_Pooling" / "config.json"
     return path.is_file() and bool(json.loads(path.read_text()).get("pooling_mode_mean_tokens"))
 

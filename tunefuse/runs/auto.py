@@ -135,12 +135,11 @@ def choose(run: RunFolder, cfg: Config, task, s, data_key: str, say: Callable[[s
 def _member_params(auto, candidate: str) -> dict:
     """The chosen member's parameters: the preset's, and the pooling its ranking used (a registered decoder is
     ranked on mean-pooled hidden states, so it is fine-tuned on them too)."""
-    from ..backbones import BACKBONES
+    from ..selection.ranking import feature_pooling
 
     params = dict(auto.params)
-    entry = BACKBONES.get(candidate)
-    if entry is not None and entry.modality == "decoder":
-        params.setdefault("pooling", "mean")
+    if feature_pooling(candidate):
+        params.setdefault("pooling", feature_pooling(candidate))
     return params
 
 

@@ -33,6 +33,15 @@ def _spec(candidate: Any) -> tuple[str, dict]:
                      "{'num_hidden_layers': 2}}")
 
 
+def feature_pooling(backbone) -> str | None:
+    """The pooling a candidate is ranked with when none is given: a registered decoder's per-example feature is its
+    mean-pooled hidden states; None: the backbone's own."""
+    from ..backbones import BACKBONES
+
+    entry = BACKBONES.get(backbone) if isinstance(backbone, str) else None
+    return "mean" if entry is not None and entry.modality == "decoder" else None
+
+
 def _subsample(X, y, max_rows: int, random_state: int):
     """At most ``max_rows`` rows, stratified by label, in a seeded order."""
     from sklearn.model_selection import train_test_split
@@ -122,9 +131,8 @@ def _score(name, spec, registered, entry, Xs, ys, cv, random_state, verbose, par
     from .. import features
     from ..finetuner import Finetuner
 
-    extra = {}
-    if registered is not None and registered.modality == "decoder" and "pooling" not in {**params, **spec}:
-        extra["pooling"] = "mean"  # a decoder's per-example feature: its mean-pooled hidden states
+    pooled = feature_pooling(spec["backbone"])
+    extra = {"pooling": pooled} if pooled and "pooling" not in {**params, **spec} else {}
     est = Finetuner(**{"task": entry, "random_state": random_state, "verbose": verbose, **extra, **params, **spec,
                        "strategy": "head", "early_stopping": False})
     t0 = time.perf_counter()

@@ -107,12 +107,16 @@ class _LiteTrunk(nn.Module):
         return x
 
 
+def _check_depth(depth: int, blocks: int, arch: str) -> None:
+    if depth > blocks:
+        raise ValueError(f"config_overrides depth={depth} but backbone {arch!r} has {blocks} blocks; fix: pass "
+                         f"1..{blocks}")
+
+
 def _cut(blocks: nn.Sequential, depth: int | None, arch: str) -> nn.Sequential:
     if depth is None:
         return blocks
-    if depth > len(blocks):
-        raise ValueError(f"config_overrides depth={depth} but backbone {arch!r} has {len(blocks)} blocks; fix: pass "
-                         f"1..{len(blocks)}")
+    _check_depth(depth, len(blocks), arch)
     return blocks[:depth]
 
 
@@ -176,11 +180,10 @@ def build_features(spec: dict) -> nn.Module:
         if weights:
             model.load_state_dict(_load_weights(weights))
         del model._fc  # the ImageNet classifier: the task's head replaces it
-        if depth is not None and depth < len(model._blocks):
-            return _LiteTrunk(model, depth)
-        if depth is not None and depth > len(model._blocks):
-            raise ValueError(f"config_overrides depth={depth} but backbone {spec['arch']!r} has {len(model._blocks)} "
-                             f"blocks; fix: pass 1..{len(model._blocks)}")
+        if depth is not None:
+            _check_depth(depth, len(model._blocks), spec["arch"])
+            if depth < len(model._blocks):
+                return _LiteTrunk(model, depth)
         return _Call(model, "extract_features")
     raise ValueError(f"arch {spec['arch']!r}: unknown family {family!r}; valid: {list(FAMILIES)}")
 
