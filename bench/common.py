@@ -65,10 +65,11 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
     return 1.0 if only_a + only_b == 0 else float(binomtest(only_b, only_a + only_b, 0.5).pvalue)
 
 
-# ------------------------------------------------------------------ what bench/select.py and bench/pretrain.py share
+# ------------------------------------------------ what bench/select_backbone.py and bench/pretrain.py share
 
 def bench_args(doc: str, root: Path):
-    """The options bench/select.py and bench/pretrain.py share: --quick, --run-dir (their shared cache), --fresh."""
+    """The options bench/select_backbone.py and bench/pretrain.py share: --quick, --run-dir (their shared cache),
+    --fresh."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])

@@ -5,9 +5,9 @@
 MiniLM-L6 as it ships against MiniLM-L6 after one epoch of masked-language-model pretraining (`tunefuse.pretrain`)
 on 16,000 reviews that are neither labelled nor test rows, each fine-tuned by the same recipe (LP-FT, 3 epochs,
 batch 16) on the same 1,600 labelled reviews (400 validation) under 3 seeds, scored on the same 4,000 test reviews.
-The pretrained backbone and the fine-tunes are bench/select.py's (same folder, same keys): what one has fitted the
-other loads. Prints each seed's pair, the mean effect and its spread over seeds, and a paired bootstrap interval of
-the seed-averaged effect over test rows. Ends with ``pretrain_effect=D sd=S``.
+The pretrained backbone and the fine-tunes are bench/select_backbone.py's (same folder, same keys): what one has
+fitted the other loads. Prints each seed's pair, the mean effect and its spread over seeds, and a paired bootstrap
+interval of the seed-averaged effect over test rows. Ends with ``pretrain_effect=D sd=S``.
 
 --quick: 600 labelled (480/120), 1,000 test, 2,000 unlabelled texts, one epoch, still 3 seeds.
 """
@@ -20,8 +20,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-# bench/select.py is the standard library's `select` by name: drop bench/ from the import path (subprocess imports it)
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
@@ -39,7 +37,7 @@ def main() -> None:
     print(f"reviews: {len(ytr)} train, {len(yva)} validation, {len(yt)} test; {len(unlabelled)} unlabelled texts; "
           f"seeds {list(SEEDS)}", flush=True)
     folder = mlm_backbone(run_dir, unlabelled, args.fresh)
-    # bench/select.py's names and recipe (finetune_params): its fits are these
+    # bench/select_backbone.py's names and recipe (finetune_params): its fits are these
     recipe = dict(strategy="lp-ft", epochs=1 if args.quick else 3, batch_size=16, verbose=0)
     arms = {"minilm-l6": {"backbone": "minilm-l6", **recipe}, "minilm-l6+mlm": {"backbone": str(folder), **recipe}}
     correct = {a: [] for a in arms}

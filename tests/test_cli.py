@@ -254,7 +254,8 @@ def test_real_subprocess_exit_codes(tmp_path):
 
 SHRINK = {  # each example at tiny scale: (--set overrides)
     "reviews.yaml": ["data.options={n_train: 120, n_test: 40}", "members[0].params={epochs: 1, config_overrides: "
-                     "{num_hidden_layers: 1}}", "members[1].params={config_overrides: {num_hidden_layers: 1}}"],
+                     "{num_hidden_layers: 1}}", "members[1].params={config_overrides: {num_hidden_layers: 1}}",
+                     "members[2].params.config_overrides={num_hidden_layers: 1}"],
     "ner.yaml": ["data.limit=100", "data.test_limit=30",
                  "members[0].params={epochs: 1, config_overrides: {num_hidden_layers: 1}}"],
     "qa.yaml": ["data.limit=50", "data.test_limit=20",

@@ -60,7 +60,7 @@ def test_logme_ranks_informative_features_above_noise():
 def test_rank_backbones_on_real_reviews_and_refuses_token_tasks():
     """Two depths of the real MiniLM-L6 on 500 real reviews (more rows than its 384 dimensions): a full table
     sorted by LogME, and every candidate's frozen features carry the label (LogME of the true labels beats that of
-    shuffled ones). Which depth wins is the data's answer, not asserted (bench/select.py measures it)."""
+    shuffled ones). Which depth wins is the data's answer, not asserted (bench/select_backbone.py measures it)."""
     from tunefuse import Finetuner
     from tunefuse.datasets import load_reviews
     from tunefuse.selection import rank_backbones

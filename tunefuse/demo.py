@@ -3,11 +3,11 @@ real data, printed as a leaderboard with the verdict, into a run folder with the
 
     python -m tunefuse.demo [--set key=value ...]      (the same as: tunefuse fit examples/reviews.yaml --set ...)
 
-Women's E-Commerce reviews (label Rating >= 4), 2,000 labelled and 4,000 test rows: MiniLM-L6 fine-tuned by LP-FT
-under two seeds, frozen-feature probes of MiniLM-L6 and SmolLM2-135M, a TF-IDF + logistic-regression baseline, then
-stacking, a weighted vote, ensemble selection and a greedy soup fitted on 400 held-out rows, and the one verdict
-(``tunefuse.fusion.verdict``): which model to ship, its lift over the best member with a paired bootstrap interval,
-and its inference cost. Run it again after a kill and it resumes.
+Women's E-Commerce reviews (label Rating >= 4), 2,000 labelled and 4,000 test rows: MiniLM-L6 fine-tuned by LP-FT,
+frozen-feature probes of MPNet-base and SmolLM2-135M, a TF-IDF + logistic-regression baseline, then stacking,
+ensemble selection and a soft vote fitted on 400 held-out rows (scored there by 5-fold cross-fitting), and the one
+verdict (``tunefuse.fusion.verdict``): which model to ship by the one-standard-error rule, its lift over the best
+member with a paired bootstrap interval, and its inference cost. Run it again after a kill and it resumes.
 """
 from __future__ import annotations
 

@@ -68,8 +68,10 @@ class Verdict:
         interval = f"[{pts(self.low)}, {pts(self.high)}] 95 % paired bootstrap" if not math.isnan(self.low) else ""
         s = (f"Ship {self.chosen!r} ({self.kind}): {pts(self.lift)} points of {self.metric} over the best member "
              f"{self.best_member!r} on {self.n_val} validation rows {interval}")
-        s += (" - within noise: these rows cannot tell it from the member, which is cheaper" if self.within_noise
-              else " - a real lift on these rows")
+        # Chosen by the one-standard-error rule, yet an interval that holds zero: likely, not proven (the paired
+        # 95 % interval is a stricter test than one standard error)
+        s += (" - within noise at 95 %: a likely lift (more than one standard error), not a proven one; the member is "
+              "the cheaper fallback" if self.within_noise else " - a real lift on these rows")
         if not math.isnan(self.cost_ratio):
             s += f"; it costs {self.cost_ratio:.1f}x the member's inference time"
         if not math.isnan(self.size_ratio):

