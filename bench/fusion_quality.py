@@ -21,9 +21,10 @@ first student) and the two students' vote are reported beside it.
 ``--quick`` keeps the 2,000 labelled rows but tests on 1,000, fits two 1-epoch MiniLM LP-FT members (the soup) beside
 frozen-feature probes of MPNet, SmolLM2 and MiniLM, 3-fold bags of the probes, 2,000 unlabelled rows and a 1-epoch
 MiniLM student. Fitted members, bags, students and the teacher's labels of the unlabelled rows are saved under
-``--run-dir`` (safetensors + JSON; probabilities as .npy) and reloaded by a rerun whose parameters and data match;
-``--fresh`` refits them. The last line: ``best_fusion=NAME acc=A best_member_acc=M lift_pt=L soup_acc=S
-distilled_acc=D quick=0|1``.
+``--run-dir`` (safetensors + JSON; probabilities as .npy, and ``teacher/NAME_KEY/labels.csv`` with each unlabelled
+text) and reloaded by a rerun whose parameters, data and teacher match; ``--fresh`` refits and relabels them. A run
+with settings other than a mode's defaults writes ``bench/results/fusion_quality[_quick]_custom.txt``. The last
+line: ``best_fusion=NAME acc=A best_member_acc=M lift_pt=L soup_acc=S distilled_acc=D quick=0|1``.
 """
 from __future__ import annotations
 
@@ -277,18 +278,23 @@ def main() -> None:
     # whose "probabilities" are vote shares, was picked once and taught a student that kept 3% of the lift).
     teacher_name = fusion_rows[fusion_rows["kind"] != "WeightFusion"].sort_values("val_loss").iloc[0]["model"]
     fused = {**fusions, **dict(cv_members)}[teacher_name]
-    teacher_key = hashlib.sha1(json.dumps([teacher_name, tag, sorted((k, round(float(v), 6)) for k, v in
-                                                                    fused.weights_.items())]).encode()).hexdigest()[:8]
-    teacher = SavedProba(fused, Path(args.run_dir) / "teacher" / f"{teacher_name}{tag}_{teacher_key}")
-    students = distil(teacher, teacher_name, student_spec(q, student_epochs), noisy_rounds, Xtr, ytr, Xva, yva,
+    # Saved labels are this teacher's: keyed by the rows, the protocol and the teacher's own test probabilities
+    # (computed for the board already), so a teacher refitted on other members or epochs labels afresh
+    fingerprint = _digest(np.round(np.asarray(fused.predict_proba(Xt)), 6))
+    teacher_key = hashlib.sha1(json.dumps([teacher_name, run_dir.name, cv_dir.name, fingerprint]).encode()
+                               ).hexdigest()[:10]
+    teacher = SavedProba(fused, Path(args.run_dir) / "teacher" / f"{teacher_name}{tag}_{teacher_key}", args.fresh)
+    students = distil(teacher, teacher_key, student_spec(q, student_epochs), noisy_rounds, Xtr, ytr, Xva, yva,
                       X_unlabeled, Path(args.run_dir) / "students" / digest(Xtr, ytr, Xva, X_unlabeled), args.fresh)
+    teacher.share(X_unlabeled["text"].tolist())
     extra: dict[str, object] = {**students, refit_name: refit}
     if len(students) > 1:  # a fusion of students: K students' inference cost, reported, not the student row
         extra["students_vote"] = Voting(cached(list(students.items())), prefit=True).fit(Xva, yva)
     if not (args.skip_hf or q):
         extra["hf_trainer_default"] = hf_trainer_row(X, y)
     extra_board = leaderboard(extra, Xva, yva, Xt, yt)
-    extra_board.loc[extra_board["model"] == refit_name, ["val_score", "val_se", "val_loss"]] = np.nan  # saw them
+    saw_val = extra_board["model"].isin([refit_name, "hf_trainer_default"])  # trained on the validation rows too
+    extra_board.loc[saw_val, ["val_score", "val_se", "val_loss"]] = np.nan
     board = sort_leaderboard(pd.concat([board, extra_board]))
     print("\n" + format_leaderboard(board))
 
@@ -302,26 +308,30 @@ def main() -> None:
     lift = A - M
     kept = (distilled - M) / lift if lift > 0 else float("nan")
     bm = str(best_member["model"])
+    cost = lambda name: by.loc[student_best, "predict_time_s"] / by.loc[name, "predict_time_s"]  # noqa: E731
     print(f"\nbest member by validation: {bm} ({fitted[bm].backbone}, {fitted[bm].strategy}); best fusion by "
           f"validation: {best_fusion['model']}; soup row: {soup_best['model']}; teacher of the students: "
           f"{teacher_name}; student row: {student_best} ({students[student_best].student_.backbone}, one model: "
-          f"{by.loc[student_best, 'predict_time_s'] / by.loc[bm, 'predict_time_s']:.1f}x the best member's "
-          f"inference time); the student keeps {100 * kept:.0f}% of the lift (target 80%)")
+          f"{cost(bm):.1f}x the best member's inference time, {cost('lpft_s0_lr3e-5'):.1f}x a MiniLM LP-FT "
+          f"member's); the student keeps {100 * kept:.0f}% of the lift (target 80%)")
     R = by.loc[refit_name, "test_score"]
     print(f"against the best member's configuration refitted on all {len(y)} labelled rows ({R:.4f}): the best "
           f"fusion {100 * (A - R):+.2f} points, the student {100 * (distilled - R):+.2f}; "
           f"total {time.perf_counter() - t_start:.0f} s")
     print(f"best_fusion={best_fusion['model']} acc={A:.4f} best_member_acc={M:.4f} lift_pt={100 * lift:.2f} "
           f"soup_acc={soup_best['test_score']:.4f} distilled_acc={distilled:.4f} quick={int(q)}")
-    write_results(tee, Path(__file__).resolve().parent / "results" / f"fusion_quality{'_quick' if q else ''}.txt")
+    custom = args.train != 2000 or args.skip_hf or any(v is not None for v in (
+        args.test, args.epochs, args.unlabeled, args.student_epochs, args.noisy_rounds, args.folds))
+    name = f"fusion_quality{'_quick' if q else ''}{'_custom' if custom else ''}.txt"  # the mode's file: defaults only
+    write_results(tee, Path(__file__).resolve().parent / "results" / name)
 
 
 class SavedProba(ClassifierMixin, BaseEstimator):
     """A fitted model whose probabilities for each distinct input are kept on disk (``folder/<digest>.npy``):
     the teacher labels thousands of unlabelled reviews once, and a rerun (or another bench) reads them back."""
 
-    def __init__(self, model, folder: Path):
-        self.model, self.folder = model, Path(folder)
+    def __init__(self, model, folder: Path, fresh: bool = False):
+        self.model, self.folder, self.fresh = model, Path(folder), fresh
         self.classes_ = np.asarray(model.classes_)
 
     def __sklearn_is_fitted__(self) -> bool:
@@ -332,7 +342,7 @@ class SavedProba(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         path = self.folder / f"{_digest(X)[:16]}.npy"
-        if path.is_file():
+        if path.is_file() and not self.fresh:
             return np.load(path, allow_pickle=False)
         p = np.asarray(self.model.predict_proba(X), dtype=np.float64)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -340,6 +350,16 @@ class SavedProba(ClassifierMixin, BaseEstimator):
         np.save(tmp, p, allow_pickle=False)
         os.replace(tmp, path)
         return p
+
+    def share(self, texts: list[str]) -> Path:
+        """The teacher's labels of ``texts`` as a table anyone can read without this code: ``labels.csv`` (text,
+        then one probability column a class) beside the .npy files."""
+        p = self.predict_proba(texts)
+        table = pd.DataFrame({"text": texts, **{f"p_{c}": p[:, i] for i, c in enumerate(self.classes_)}})
+        out, tmp = self.folder / "labels.csv", self.folder / "labels.csv.tmp"
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+        return out
 
 
 def word_dropout(texts: list[str], p: float, seed: int) -> list[str]:
@@ -354,20 +374,25 @@ def word_dropout(texts: list[str], p: float, seed: int) -> list[str]:
     return out
 
 
-def distil(teacher, teacher_name: str, student: Finetuner, noisy_rounds: int, Xtr, ytr, Xva, yva, X_unlabeled,
+NOISE = {"word_dropout": 0.1, "dropout": 0.1}  # the noisy student's input noise and backbone dropout
+
+
+def distil(teacher, teacher_key: str, student: Finetuner, noisy_rounds: int, Xtr, ytr, Xva, yva, X_unlabeled,
            folder: Path, fresh: bool) -> dict[str, Distillation]:
     """The first student learns the teacher's soft labels of the training and unlabelled rows (validation rows for
-    early stopping only); each noisy-student round trains a new student on word-dropped copies of the unlabelled
-    rows (and the training rows as they are) against the previous student's clean soft labels. Saved per round."""
+    early stopping only); each noisy-student round trains a new student (with dropout) on word-dropped copies of
+    the unlabelled rows (and the training rows as they are) against the previous student's clean soft labels.
+    Saved per round, keyed by the teacher's key and, for a later round, by the previous round's key."""
     out: dict[str, Distillation] = {}
-    current, current_name = teacher, teacher_name
+    current, current_key, current_name = teacher, teacher_key, "the teacher"
     for r in range(noisy_rounds + 1):
         name = "distilled_student" if r == 0 else f"noisy_student_{r}"
-        key = json.dumps({"teacher": current_name, "student": {k: v for k, v in student.get_params().items()
-                                                               if k not in ("verbose", "device")}, "round": r},
-                         sort_keys=True, default=str)
+        est = student if r == 0 else clone(student).set_params(dropout=NOISE["dropout"])
+        key = json.dumps({"teacher": current_key, "student": {k: v for k, v in est.get_params().items()
+                                                               if k not in ("verbose", "device")}, "round": r,
+                          "noise": NOISE if r else None}, sort_keys=True, default=str)
         path = folder / name
-        d = Distillation(current, student, X_unlabeled=X_unlabeled)
+        d = Distillation(current, est, X_unlabeled=X_unlabeled)
         record = path / "bench.json"
         if not fresh and record.is_file() and json.loads(record.read_text())["key"] == key:
             d.student_, d.classes_ = Finetuner.load(path / "model"), np.asarray(current.classes_)
@@ -381,16 +406,17 @@ def distil(teacher, teacher_name: str, student: Finetuner, noisy_rounds: int, Xt
             else:  # noisy student: the teacher labels clean texts, the student reads noised ones
                 texts = Xtr["text"].tolist() + X_unlabeled["text"].tolist()
                 p = current.predict_proba(texts)
-                noised = Xtr["text"].tolist() + word_dropout(X_unlabeled["text"].tolist(), 0.1, seed=r)
-                d.student_ = clone(student).fit_soft(noised, p, current.classes_, X_val=Xva, y_val=yva)
+                noised = Xtr["text"].tolist() + word_dropout(X_unlabeled["text"].tolist(), NOISE["word_dropout"], r)
+                d.student_ = clone(est).fit_soft(noised, p, current.classes_, X_val=Xva, y_val=yva)
                 d.classes_, d.weights_ = np.asarray(current.classes_), {"student": 1.0}
             d.fit_time_ = time.perf_counter() - t0
             d.student_.save(path / "model")
             record.write_text(json.dumps({"key": key, "fit_time_s": d.fit_time_}))
             how = "fitted"
-        print(f"  {name} (teacher {current_name}): {how}, fit {d.fit_time_:.0f} s", flush=True)
+        print(f"  {name} (teacher: {current_name}): {how}, fit {d.fit_time_:.0f} s", flush=True)
         out[name] = d
         current, current_name = cached([(name, d)])[0][1], name
+        current_key = hashlib.sha1(key.encode()).hexdigest()[:10]
     return out
 
 
@@ -456,11 +482,14 @@ class _HFRow:
 
 
 def hf_trainer_row(X, y) -> _HFRow:
-    sys.path.insert(0, os.path.dirname(__file__))
-    from finetune_speed import hf_trainer
-
-    model, tok, seconds, _ = hf_trainer(X["text"].tolist(), y, seed=0)
-    return _HFRow(model, tok, seconds)
+    argv = sys.argv
+    sys.argv = argv[:1]  # bench/finetune_speed.py reads its own options at import: not this bench's
+    try:
+        from bench.finetune_speed import hf_trainer
+    finally:
+        sys.argv = argv
+    model, tok, out, _ = hf_trainer(X["text"].tolist(), y, None, seed=0, predict=False)
+    return _HFRow(model, tok, out["train_s"])
 
 
 if __name__ == "__main__":

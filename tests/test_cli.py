@@ -580,6 +580,10 @@ def test_auto_preset_ranks_chooses_within_budget_fuses_explains_and_resumes(tmp_
     assert {"tfidf", "auto-minilm-l6", "stacking", "ensemble_selection", "vote_soft"} <= set(board.iloc[:, 0])
     assert "Backbone choice (auto)" in (tmp_path / "run" / "report.html").read_text()
     assert "chosen (logme" in result.stdout and "not chosen (not ranked" in result.stdout
+    # not given: the defaults, also for `tunefuse report` reading config.yaml back; `fusions: []` turns them off
+    assert "fusions" not in yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert "the auto preset's default" in invoke("fit", cfg, *sets, "--dry-run").stdout
+    assert "the auto preset's default" not in invoke("fit", cfg, *sets, "--set", "fusions=[]", "--dry-run").stdout
     again = invoke("fit", cfg, *sets)
     assert again.exit_code == 0, again.output
     assert "auto: backbones chosen already (auto-minilm-l6)" in again.stdout

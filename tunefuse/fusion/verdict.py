@@ -50,6 +50,7 @@ class Verdict:
     size_ratio: float = math.nan
     test_lift: float = math.nan
     metric: str = "score"
+    rule: str = "standard-error"
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -68,10 +69,12 @@ class Verdict:
         interval = f"[{pts(self.low)}, {pts(self.high)}] 95 % paired bootstrap" if not math.isnan(self.low) else ""
         s = (f"Ship {self.chosen!r} ({self.kind}): {pts(self.lift)} points of {self.metric} over the best member "
              f"{self.best_member!r} on {self.n_val} validation rows {interval}")
-        # Chosen by the one-standard-error rule, yet an interval that holds zero: likely, not proven (the paired
+        # Chosen, yet a paired interval that holds zero: what the rule established is said, not more (the paired
         # 95 % interval is a stricter test than one standard error)
-        s += (" - within noise at 95 %: a likely lift (more than one standard error), not a proven one; the member is "
-              "the cheaper fallback" if self.within_noise else " - a real lift on these rows")
+        why = ("the one-standard-error rule's pick, since every member scores more than one standard error below "
+               "the best model" if self.rule == "standard-error" else "the highest validation score")
+        s += (f" - within noise at 95 %: {why}, not a proven lift over this member, the cheaper fallback"
+              if self.within_noise else " - a real lift on these rows")
         if not math.isnan(self.cost_ratio):
             s += f"; it costs {self.cost_ratio:.1f}x the member's inference time"
         if not math.isnan(self.size_ratio):
@@ -95,7 +98,7 @@ def verdict(board: pd.DataFrame, *, rule: str = "standard-error", val_credit: di
         raise ValueError("verdict: the leaderboard has no member row (kind == 'member'); fix: include the members")
     best = members.sort_values(["val_score", "val_loss"], ascending=[False, True], kind="stable").iloc[0]
     kind = str(board.set_index("model").loc[chosen, "kind"])
-    v = Verdict(chosen, kind, str(best["model"]), n_val=n_val, metric=metric)
+    v = Verdict(chosen, kind, str(best["model"]), n_val=n_val, metric=metric, rule=rule)
 
     def lift_of(a: str, b: str) -> tuple[float, float, float]:
         if val_credit is not None and a in val_credit and b in val_credit:

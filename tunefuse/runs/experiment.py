@@ -229,7 +229,10 @@ def fit_run(cfg: Config, *, say: Callable[[str], None] = print, refit: bool = Tr
         s = load_data(cfg)
         say(f"data: {s.source or cfg.data.train}; {s.sizes()}")
         data_key = _digest(s.X_train, s.y_train, s.X_val, s.y_val)
-        atomic_write(run.config_file, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        doc = cfg.model_dump(mode="json")
+        if cfg.auto is not None and "fusions" not in cfg.model_fields_set:
+            doc.pop("fusions")  # not given: the auto preset's defaults, when `tunefuse report` reads it back too
+        atomic_write(run.config_file, yaml.safe_dump(doc, sort_keys=False))
         meta = {k: v for k, v in meta.items() if k not in ("chosen", "finished")}  # until this run decides again
         write_json(run.run_file, {**meta, "status": "running", "versions": versions(), "data_key": data_key,
                                   "sizes": s.sizes()})
@@ -238,8 +241,9 @@ def fit_run(cfg: Config, *, say: Callable[[str], None] = print, refit: bool = Tr
             from .auto import DEFAULT_FUSIONS, choose
 
             chosen = choose(run, cfg, task, s, data_key, say, refit)
-            fusions = cfg.fusions or [FusionConfig(method=f) for f in DEFAULT_FUSIONS
-                                      if len(cfg.expanded_members()) + len(chosen) >= 2]
+            given = "fusions" in cfg.model_fields_set  # `fusions: []` turns the preset's defaults off
+            fusions = cfg.fusions if given else [FusionConfig(method=f) for f in DEFAULT_FUSIONS
+                                                 if len(cfg.expanded_members()) + len(chosen) >= 2]
             cfg = cfg.model_copy(update={"members": cfg.members + chosen, "fusions": fusions})
         members = {}
         for m in cfg.expanded_members():
@@ -279,7 +283,7 @@ def dry_run(cfg: Config) -> str:
                      f"fit time fits {a.budget_s:.0f} s")
     for f in cfg.fusions:
         lines.append(f"fusion {cfg.fusion_name(f)}: {f.method} over {f.members or 'all members'}")
-    if cfg.auto is not None and not cfg.fusions:
+    if cfg.auto is not None and "fusions" not in cfg.model_fields_set:  # `fusions: []` turns the defaults off
         from .auto import DEFAULT_FUSIONS
 
         lines.append(f"fusions: {', '.join(DEFAULT_FUSIONS)} over all members (the auto preset's default)")
