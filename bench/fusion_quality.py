@@ -122,10 +122,10 @@ def crossfit_spec(epochs: int, quick: bool, folds: int) -> dict[str, Finetuner]:
               c + "smol_head": smol_head(verbose=0)}
     if quick:
         return {**frozen, c + "minilm_head": Finetuner("minilm-l6", "head", random_state=5, verbose=0)}
-    return {**frozen,
+    return {**frozen,  # cheapest first: a stopped run keeps every bag it finished
+            c + "full_lr5e-5": Finetuner("minilm-l6", "full", random_state=3, lr=5e-5, epochs=epochs, verbose=0),
             c + "mpnet_lpft_lr3e-5": Finetuner("mpnet-base", "lp-ft", random_state=0, lr=3e-5, epochs=epochs,
-                                               verbose=0),
-            c + "full_lr5e-5": Finetuner("minilm-l6", "full", random_state=3, lr=5e-5, epochs=epochs, verbose=0)}
+                                               verbose=0)}
 
 
 def student_spec(quick: bool, epochs: int) -> Finetuner:
