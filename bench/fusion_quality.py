@@ -286,7 +286,7 @@ def main() -> None:
     teacher = SavedProba(fused, Path(args.run_dir) / "teacher" / f"{teacher_name}{tag}_{teacher_key}", args.fresh)
     students = distil(teacher, teacher_key, student_spec(q, student_epochs), noisy_rounds, Xtr, ytr, Xva, yva,
                       X_unlabeled, Path(args.run_dir) / "students" / digest(Xtr, ytr, Xva, X_unlabeled), args.fresh)
-    teacher.share(X_unlabeled["text"].tolist())
+    teacher.share(Xtr["text"].tolist(), X_unlabeled["text"].tolist())
     extra: dict[str, object] = {**students, refit_name: refit}
     if len(students) > 1:  # a fusion of students: K students' inference cost, reported, not the student row
         extra["students_vote"] = Voting(cached(list(students.items())), prefit=True).fit(Xva, yva)
@@ -351,10 +351,11 @@ class SavedProba(ClassifierMixin, BaseEstimator):
         os.replace(tmp, path)
         return p
 
-    def share(self, texts: list[str]) -> Path:
+    def share(self, labelled: list[str], texts: list[str]) -> Path:
         """The teacher's labels of ``texts`` as a table anyone can read without this code: ``labels.csv`` (text,
-        then one probability column a class) beside the .npy files."""
-        p = self.predict_proba(texts)
+        then one probability column a class) beside the .npy files. Read from the student's own call (the labelled
+        rows, then ``texts``), saved already, rather than predicted again."""
+        p = self.predict_proba(labelled + texts)[len(labelled):]
         table = pd.DataFrame({"text": texts, **{f"p_{c}": p[:, i] for i, c in enumerate(self.classes_)}})
         out, tmp = self.folder / "labels.csv", self.folder / "labels.csv.tmp"
         table.to_csv(tmp, index=False)
