@@ -68,11 +68,20 @@ def fit(config: Path = typer.Argument(..., help="the YAML config, e.g. examples/
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
         mlflow: Optional[str] = typer.Option(None, "--mlflow", help="also log the finished run to this MLflow "
                                              "tracking URI, e.g. file:./mlruns or http://host:5000"),
-        experiment: str = typer.Option("tunefuse", help="the MLflow experiment name (with --mlflow)")):
+        experiment: str = typer.Option("tunefuse", help="the MLflow experiment name (with --mlflow)"),
+        executor: Optional[str] = typer.Option(None, "--executor", help="where members and trials are fitted: "
+                                               "local (this process) or ray (one Ray task each); default: the "
+                                               "config's executor.kind"),
+        address: Optional[str] = typer.Option(None, "--address", help="the Ray cluster (with --executor ray): "
+                                              "auto joins this machine's running cluster, ray://host:10001 a remote "
+                                              "one; default: start a local one")):
     """Fit the config's members and fusions into its output folder; the same command again resumes it."""
     from .runs.experiment import dry_run as plan, fit_run
 
-    cfg = _config(config, set_)
+    sets = list(set_ or [])
+    sets += [f"executor.kind={executor}"] if executor is not None else []
+    sets += [f"executor.address={address}"] if address is not None else []
+    cfg = _config(config, sets)
     if dry_run:
         typer.echo(plan(cfg))
         return

@@ -4,6 +4,8 @@
 named ``save``; ``arm("step", 5, RuntimeError)`` raises in-process instead (unit tests). Unarmed points cost one
 dictionary look-up. Points: ``step`` (after a training step and its checkpoint), ``save`` (inside an atomic write,
 before the rename), ``member`` (after a member is written to a run folder), ``fusion`` (inside a fusion's fit).
+``TUNEFUSE_FAULT_ONCE=PATH`` beside it fires only in the first process to get there (it creates PATH first): a
+retried Ray task, which inherits the same environment, then runs through.
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ def point(name: str) -> None:
     if not _env_read:
         _env_read = True
         spec = os.environ.get("TUNEFUSE_FAULT", "")
+        once = os.environ.get("TUNEFUSE_FAULT_ONCE")
+        if once and os.path.exists(once):
+            spec = ""  # fired already, in an earlier process
         if ":" in spec:
             where, count = spec.rsplit(":", 1)
             _armed.setdefault(where, [int(count), None])
@@ -38,6 +43,12 @@ def point(name: str) -> None:
     if entry[0] > 0:
         return
     del _armed[name]
+    once = os.environ.get("TUNEFUSE_FAULT_ONCE")
+    if once and entry[1] is None:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # atomic: one process of many fires
+        except FileExistsError:
+            return
     if entry[1] is not None:
         raise entry[1](f"fault injected at {name!r}")
     os.kill(os.getpid(), signal.SIGKILL)

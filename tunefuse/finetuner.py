@@ -532,7 +532,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         state, on_step_end = self._resumed_state(module, optimizer, scheduler, stage, -(-n // self.batch_size))
         state = train_loop(forward, n, w_units, params, optimizer, scheduler, cfg, state,
                            evaluate=evaluate if val is not None else None, snapshot=snapshot, anchor=anchor,
-                           on_step_end=on_step_end,
+                           on_step_end=on_step_end, on_epoch_end=getattr(self, "_on_epoch_end", None),
                            train_mode=self._train_mode(module, get_strategy(self.strategy).probe),
                            verbose=self.verbose > 0)
         if on_step_end is not None:  # the finished loop: a kill from here on resumes past it

@@ -159,12 +159,14 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
                cfg: LoopConfig, state: LoopState, evaluate: Callable[[], dict] | None = None,
                snapshot: Callable[[], dict[str, torch.Tensor]] | None = None,
                anchor: dict[int, torch.Tensor] | None = None, on_step_end: Callable[[LoopState], None] | None = None,
+               on_epoch_end: Callable[[dict], None] | None = None,
                train_mode: Callable[[bool], None] = lambda on: None, verbose: bool = True) -> LoopState:
     """Minimise Σ w_i·L_i / Σ w_i + λ R(θ); evaluate each epoch; keep the best epoch's weights in ``state.best``.
 
     Resumes from ``state`` (epoch, step inside the epoch, early-stopping counters): with the model, optimiser and
     scheduler restored by :func:`load_training_state`, a resumed run continues exactly where the saved one stood.
-    A state that is already ``finished`` returns at once.
+    A state that is already ``finished`` returns at once. ``on_epoch_end(record)`` sees each epoch's record (a
+    search's pruner: it may raise to stop the fit).
     """
     if state.finished:
         return state
@@ -201,6 +203,8 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
         record.update(evaluate() if evaluate else {})
         state.history.append(record)
         state.epoch, state.losses = epoch + 1, []
+        if on_epoch_end is not None:
+            on_epoch_end(record)
         score = record.get("val_score")
         if score is not None and score > state.best_score:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0

@@ -110,6 +110,44 @@ class AutoConfig(_Strict):
                                                            "linear probe's accuracy or log-loss")
 
 
+EXECUTORS = ("local", "ray")
+PRUNERS = ("median", "asha", "none")
+SAMPLERS = ("tpe", "random", "grid")
+
+
+class ExecutorConfig(_Strict):
+    """Where members and trials are fitted: ``local`` (this process, one after another) or ``ray`` (one Ray task
+    each, with its CPU/GPU request; a killed worker's task is retried and resumes from the member's training state
+    in the run folder, which every node must see: a shared path)."""
+
+    kind: Literal[EXECUTORS] = Field("local", description="local: in this process; ray: one Ray task per member")
+    address: str | None = Field(None, description="Ray cluster: None starts a local one; 'auto' joins the running "
+                                                  "cluster of this machine; 'ray://host:10001' a remote one")
+    cpus_per_member: float = Field(1.0, gt=0, description="CPUs a member's task requests; its torch threads too")
+    gpus_per_member: float = Field(0.0, ge=0, description="GPUs a member's task requests (fractions share a GPU)")
+    retries: int = Field(2, ge=0, description="times a member whose worker died is started again (resuming)")
+
+
+class SearchConfig(_Strict):
+    """A hyperparameter search (Optuna) whose finished trials become members named ``NAME-000``, ``NAME-001``...:
+    soup ingredients and ensemble members like the listed ones (``fusions: [{method: greedy_soup, members:
+    [NAME]}]`` names them all). The study lives in ``storage`` (default: SQLite in the run folder), so a killed
+    search resumes: finished trials are kept, a trial cut short is run again with its parameters."""
+
+    name: str = Field("trial", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$",
+                      description="the trials' member-name prefix, and the group name fusions may list")
+    backbone: str = "minilm-l6"
+    strategy: str = "lp-ft"
+    params: dict[str, Any] = Field(default_factory=dict, description="fixed Finetuner parameters of every trial")
+    space: dict[str, Any] = Field(description="parameter -> [choices] or {low, high, log?, step?}")
+    n_trials: int = Field(8, ge=1, description="finished trials (complete or pruned) the search runs")
+    pruner: Literal[PRUNERS] = Field("median", description="stop trials whose validation score per epoch falls "
+                                                           "behind: median (Optuna's MedianPruner), asha "
+                                                           "(SuccessiveHalvingPruner) or none")
+    sampler: Literal[SAMPLERS] = Field("tpe", description="tpe, random, or grid (every combination of choices)")
+    storage: str | None = Field(None, description="an Optuna storage URL; None: sqlite:///RUN/search.db")
+
+
 class Config(_Strict):
     task: str = "text-classification"
     task_options: dict[str, Any] = Field(default_factory=dict,
@@ -124,6 +162,8 @@ class Config(_Strict):
     seed: int = 0
     output: str = Field("runs/experiment", description="the run folder")
     checkpoint_every_s: float = Field(300.0, ge=0, description="seconds between training-state saves in a member")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    search: SearchConfig | None = Field(None, description="a hyperparameter search whose trials become members")
 
     @field_validator("task")
     @classmethod
@@ -138,31 +178,39 @@ class Config(_Strict):
     def _members_and_fusions(self) -> "Config":
         from ..fusion import FUSION_METHODS
 
-        if not self.members and self.auto is None:
-            raise ConfigError("members: none given; fix: list at least one member (backbone, strategy), or add "
-                              "auto: {top_k: 2, budget_s: 1800} to rank backbones and fine-tune the best")
+        if not self.members and self.auto is None and self.search is None:
+            raise ConfigError("members: none given; fix: list at least one member (backbone, strategy), add "
+                              "auto: {top_k: 2, budget_s: 1800} to rank backbones and fine-tune the best, or a "
+                              "search: block whose trials become members")
         names = [m.name for m in self.expanded_members()]
         for n in names:
             if not NAME.match(n) or ".." in n:
                 raise ConfigError(f"members: the expanded name {n!r} is not folder-safe (letters, digits, _ . = -); "
                                   "fix: set name:, or grid over values without '/' or spaces")
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        trials = [t.name for t in self.trial_members()]
+        dupes = sorted({n for n in names + trials if (names + trials).count(n) > 1})
         if dupes:
-            raise ConfigError(f"members: the name(s) {dupes} occur more than once; fix: give each member its own "
-                              "name, or a grid that tells them apart")
+            raise ConfigError(f"members: the name(s) {dupes} occur more than once (a listed member and a search "
+                              "trial count alike); fix: give each member its own name, or a grid that tells them "
+                              "apart")
+        groups = [self.search.name] if self.search is not None else []
+        if set(groups) & set(names):
+            raise ConfigError(f"search.name={groups[0]!r} is also a member's name; fix: name the search apart")
         fusion_names = []
         for i, f in enumerate(self.fusions):
             if f.method not in FUSION_METHODS:
                 raise _choice(f"fusions[{i}].method", f.method, FUSION_METHODS)
             for m in f.members or []:
-                if m not in names:
-                    raise _choice(f"fusions[{i}].members", m, names, "name members of this config")
+                if m not in names + trials + groups:
+                    raise _choice(f"fusions[{i}].members", m, names + groups, "name members of this config, or "
+                                  "the search's name for all its trials")
+            chosen = self.fusion_members(f)
             if FUSION_METHODS[f.method].kind == "weight":  # merges weights: needs fine-tuned members
-                pool = [m.backbone for m in self.expanded_members() if m.backbone not in CLASSICAL and
-                        (f.members is None or m.name in f.members)]
+                pool = [m.backbone for m in self.expanded_members() + self.trial_members()
+                        if m.backbone not in CLASSICAL and (chosen is None or m.name in chosen)]
                 need = 1 if f.method == "wise_ft" else 2
                 per_backbone = max((pool.count(b) for b in set(pool)), default=0)
-                if f.members is not None and len(set(pool)) > 1:
+                if chosen is not None and len(set(pool)) > 1:
                     raise ConfigError(f"fusions[{i}].members mixes backbones {sorted(set(pool))}; {f.method} merges "
                                       "weights of one backbone's fine-tunes; fix: list members of one backbone")
                 if per_backbone < need:
@@ -170,10 +218,13 @@ class Config(_Strict):
                                       f"members of one backbone; this config gives it {per_backbone}; fix: add members "
                                       "(e.g. grid: {random_state: [0, 1]}) or use an output fusion such as stacking")
             fusion_names.append(f.name or f.method)
-        clash = sorted(set(fusion_names) & set(names) | {n for n in fusion_names if fusion_names.count(n) > 1})
+        clash = sorted(set(fusion_names) & set(names + trials + groups) |
+                       {n for n in fusion_names if fusion_names.count(n) > 1})
         if clash:
             raise ConfigError(f"fusions: the name(s) {clash} are used twice (by a member or another fusion); fix: "
                               "set name: on the fusions")
+        if self.search is not None:
+            _check_search(self.task, self.search)
         for i, m in enumerate(self.members):
             _check_member(self.task, m, f"members[{i}]")
         if self.auto is not None:
@@ -205,6 +256,24 @@ class Config(_Strict):
 
     def fusion_name(self, f: FusionConfig) -> str:
         return f.name or f.method
+
+    def trial_members(self) -> list[MemberConfig]:
+        """The search's trials as members (name, backbone, strategy, fixed params; the searched ones are chosen by
+        the study): ``NAME-000`` ... ``NAME-{n_trials-1}``. A pruned trial is no member; see runs.search."""
+        s = self.search
+        if s is None:
+            return []
+        return [MemberConfig(name=f"{s.name}-{i:03d}", backbone=s.backbone, strategy=s.strategy, params=s.params)
+                for i in range(s.n_trials)]
+
+    def fusion_members(self, f: FusionConfig) -> list[str] | None:
+        """A fusion's member names with the search's name expanded into its trials; None: every member."""
+        if f.members is None:
+            return None
+        out = []
+        for n in f.members:
+            out += [t.name for t in self.trial_members()] if self.search and n == self.search.name else [n]
+        return list(dict.fromkeys(out))
 
 
 def _default_backbone(task: str) -> str:
@@ -249,6 +318,46 @@ def _check_member(task: str, m: MemberConfig, key: str) -> None:
         except ValueError as e:
             named = str(e).split("=", 1)[0] in params
             raise ConfigError(f"{key}.params.{e}" if named else f"{key}: {e}") from None
+
+
+def _check_search(task: str, s: SearchConfig) -> None:
+    """The search block: a searchable space of Finetuner parameters, and a trial built (not fitted) with its first
+    choices, so a bad backbone or parameter fails before the first trial."""
+    from ..finetuner import Finetuner
+
+    valid = [p for p in inspect.signature(Finetuner).parameters if p not in RUN_OWNED]
+    if not s.space:
+        raise ConfigError("search.space is empty; fix: e.g. space: {lr: {low: 1e-5, high: 1e-4, log: "
+                          "true}, random_state: [0, 1, 2]}")
+    first = {}
+    for k, v in s.space.items():
+        if k not in valid:
+            raise ConfigError(f"search.space: unknown parameter {k!r}{closest(k, valid)}; valid: {valid}")
+        if k in s.params:
+            raise ConfigError(f"search.space.{k} is also in search.params; fix: keep it in one of them")
+        if isinstance(v, list):
+            if not v:
+                raise ConfigError(f"search.space.{k}=[] has no choices; fix: list at least one")
+            first[k] = v[0]
+        elif isinstance(v, dict):
+            extra = sorted(set(v) - {"low", "high", "log", "step"})
+            if extra or not {"low", "high"} <= set(v):
+                raise ConfigError(f"search.space.{k}={v!r}: a range has keys low, high and optionally log, step; "
+                                  f"fix: e.g. {{low: 1e-5, high: 1e-4, log: true}}")
+            try:
+                low, high = float(v["low"]), float(v["high"])
+            except (TypeError, ValueError):
+                raise ConfigError(f"search.space.{k}: low and high must be numbers, got {v!r}") from None
+            if not low < high or (v.get("log") and low <= 0):
+                raise ConfigError(f"search.space.{k}={v!r}: need low < high (and low > 0 with log: true)")
+            if s.sampler == "grid":
+                raise ConfigError(f"search.space.{k} is a range, and sampler=grid needs lists of choices; fix: list "
+                                  "the values, or use sampler: tpe")
+            first[k] = type(v["low"])(low) if isinstance(v["low"], int) and not isinstance(v["low"], bool) else low
+        else:
+            raise ConfigError(f"search.space.{k}={v!r} is neither a list of choices nor a range {{low, high}}")
+    _check_member(task, MemberConfig(backbone=s.backbone, strategy=s.strategy, params={**s.params, **first}),
+                  "search")
 
 
 def _one_line(e: ValidationError, cls=Config) -> str:

@@ -106,9 +106,14 @@ def _fit(est, X, y, X_val, y_val):
     return est.fit(X, y)
 
 
+def is_fitted(run: RunFolder, cfg: Config, m: MemberConfig, data_key: str) -> bool:
+    return _recorded(run.member(m.name) / "fit.json", member_key(cfg, m, data_key))
+
+
 def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, data_key: str, say: Callable,
-               refit: bool = True):
-    """Fit (or find already fitted) one member; always returns the copy read back from its folder."""
+               refit: bool = True, load: bool = True, on_epoch_end: Callable[[dict], None] | None = None):
+    """Fit (or find already fitted) one member; returns the copy read back from its folder (``load=False``: None,
+    for a worker that only fits). ``on_epoch_end(record)``: each epoch's validation record (a search's pruning)."""
     from ..fusion.persist import load_member, save_member
 
     folder = run.member(m.name)
@@ -116,7 +121,7 @@ def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, da
     record = folder / "fit.json"
     if _recorded(record, key):
         say(f"member {m.name}: fitted already, loaded from {folder}")
-        return load_member(folder)
+        return load_member(folder) if load else None
     if not refit:
         raise ConfigError(f"member {m.name!r} of {str(run.path)!r} was fitted on other data or another spec than "
                           "the run's config.yaml now reads (a data file changed, or a relative path resolves "
@@ -126,6 +131,8 @@ def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, da
     t0 = time.perf_counter()
     est = build_member(cfg, m, task, run)
     est._keep_training_state = True  # removed below once the member is saved: a kill in between resumes finished
+    if on_epoch_end is not None:
+        est._on_epoch_end = on_epoch_end
     est = _fit(est, s.X_train, s.y_train, s.X_val, s.y_val)
     fit_s = time.perf_counter() - t0
     est.fit_time_ = getattr(est, "fit_time_", fit_s)
@@ -139,14 +146,15 @@ def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, da
     run.log({"event": "member", "member": m.name, "fit_time_s": est.fit_time_})
     faults.point("member")
     say(f"member {m.name}: done in {fit_s:.1f} s")
-    return load_member(folder)
+    return load_member(folder) if load else None
 
 
-def _fusion_members(f: FusionConfig, members: dict) -> list[tuple[str, Any]]:
+def _fusion_members(cfg: Config, f: FusionConfig, members: dict) -> list[tuple[str, Any]]:
     from ..finetuner import Finetuner
     from ..fusion import FUSION_METHODS
 
-    names = f.members or list(members)
+    listed = cfg.fusion_members(f)  # the search's name stands for its trials; a pruned trial is no member
+    names = list(members) if listed is None else [n for n in listed if n in members]
     chosen = [(n, members[n]) for n in names]
     if FUSION_METHODS[f.method].kind == "weight":
         tuned = [(n, m) for n, m in chosen if isinstance(getattr(m, "estimator", m), Finetuner)]
@@ -169,7 +177,7 @@ def fit_fusion(run: RunFolder, cfg: Config, f: FusionConfig, members: dict, s: S
     from ..fusion.persist import load_fusion, save_fusion
 
     name, method = cfg.fusion_name(f), FUSION_METHODS[f.method]
-    chosen = _fusion_members(f, members)
+    chosen = _fusion_members(cfg, f, members)
     t0 = time.perf_counter()
     if f.method in TRAINING_FUSIONS:
         folder = run.fusion(name)
@@ -245,9 +253,14 @@ def fit_run(cfg: Config, *, say: Callable[[str], None] = print, refit: bool = Tr
             fusions = cfg.fusions if given else [FusionConfig(method=f) for f in DEFAULT_FUSIONS
                                                  if len(cfg.expanded_members()) + len(chosen) >= 2]
             cfg = cfg.model_copy(update={"members": cfg.members + chosen, "fusions": fusions})
-        members = {}
-        for m in cfg.expanded_members():
-            members[m.name] = fit_member(run, cfg, m, task, s, data_key, say, refit)
+        from .executors import fit_members, ray_session
+
+        with ray_session():  # one Ray cluster (when the executor is ray) for the members and the trials
+            members = fit_members(run, cfg, cfg.expanded_members(), task, s, data_key, say, refit)
+            if cfg.search is not None:  # the search's finished trials join the members
+                from .search import run_search
+
+                members.update(run_search(run, cfg, task, s, data_key, say, refit))
         if cfg.auto is not None:
             from .auto import record_fit_times
 
