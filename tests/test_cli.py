@@ -269,6 +269,9 @@ SHRINK = {  # each example at tiny scale: (--set overrides)
     "auto.yaml": ["data.options={n_train: 560, n_test: 40}", "auto.candidates=[minilm-l6, nobody/not-a-model]",
                   "auto.strategy=head", "auto.params={config_overrides: {num_hidden_layers: 1}, max_length: 64}",
                   "auto.max_rows=440"],  # LogME needs more rows than MiniLM's 384 dimensions
+    "sweep.yaml": ["data.options={n_train: 160, n_test: 80}", "search.n_trials=4",
+                   "search.params={epochs: 2, config_overrides: {num_hidden_layers: 1}}",
+                   "search.space.lr={low: 1.0e-5, high: 1.0e-4, log: true}", "search.space.random_state=[0, 1]"],
     "ctr.yaml": ["data.limit=2000", "data.validation_limit=500", "data.test_limit=500",
                  "members[0].params={epochs: 1, batch_size: 256}",
                  "members[1].params={epochs: 1, batch_size: 256, config_overrides: {model: dcn-v2}}"],
@@ -285,8 +288,8 @@ def test_every_task_has_an_example_and_every_example_validates():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", [n for n in SHRINK if n not in ("reviews.yaml", "auto.yaml")])  # test_demo.py,
-# test_auto_preset_...
+@pytest.mark.parametrize("example", [n for n in SHRINK if n not in ("reviews.yaml", "auto.yaml", "sweep.yaml")])
+# reviews: test_demo.py; auto: test_auto_preset_...; sweep: test_scale.py
 def test_example_runs_at_tiny_scale(example, tmp_path):
     sets = SHRINK[example] + [f"output={tmp_path / 'run'}"]
     result = invoke("fit", EXAMPLES / example, "--quiet", *[x for s in sets for x in ("--set", s)])

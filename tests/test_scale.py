@@ -148,19 +148,15 @@ def test_members_and_search_trials_run_on_both_nodes_of_a_ray_start_cluster(two_
     assert set(result.board["model"]) >= {"sweep-000", "sweep-001", "ensemble_selection"}
 
 
-SWEEP = {"name": "sweep", "backbone": "minilm-l6", "strategy": "full", "params": TINY,
-         "space": {"lr": {"low": 1e-5, "high": 1e-4, "log": True}, "random_state": [0, 1]}, "n_trials": 4}
-
-
 def test_search_resumes_after_an_interrupt_and_its_trials_become_a_soup_and_an_ensemble(tmp_path):
-    """An Optuna study in the run folder: interrupted after its 2nd trial's member was written (before Optuna heard
-    of it), the same fit again requeues that trial with its parameters and member, finishes 4 trials, and the
-    greedy soup and ensemble selection take the trials; the report and search.csv list them."""
+    """examples/sweep.yaml at tiny scale: an Optuna study in the run folder, interrupted after its 2nd trial's member
+    was written (before Optuna heard of it); the same fit again requeues that trial with its parameters and member,
+    finishes 4 trials, and the greedy soup and ensemble selection take the trials; search.csv and the report list
+    them."""
+    from tests.test_cli import EXAMPLES, SHRINK
     from tunefuse import faults
 
-    cfg = load_config({"data": DATA, "seed": 0, "output": str(tmp_path / "run"), "search": SWEEP,
-                       "fusions": [{"method": "greedy_soup", "members": ["sweep"]},
-                                   {"method": "ensemble_selection"}]})
+    cfg = load_config(EXAMPLES / "sweep.yaml", SHRINK["sweep.yaml"] + [f"output={tmp_path / 'run'}"])
     faults.arm("member", 2, KeyboardInterrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -179,10 +175,10 @@ def test_search_resumes_after_an_interrupt_and_its_trials_become_a_soup_and_an_e
     assert {"greedy_soup", "ensemble_selection", "sweep-000", "sweep-003"} <= board
     weights = [e["weights"] for e in events(tmp_path / "run", "fusion") if e["fusion"] == "greedy_soup"][-1]
     assert set(weights) <= set(done.member)
+    assert "<h2>Search (sweep)</h2>" in (tmp_path / "run" / "report.html").read_text()
     again = []
     fit_run(cfg, say=again.append)  # a third fit trains nothing
     assert not [m for m in again if "fitting minilm" in m]
-    shutil.rmtree(tmp_path / "run")
 
 
 @pytest.mark.parametrize("search,expected", [

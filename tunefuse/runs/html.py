@@ -327,6 +327,33 @@ def _auto(run: RunFolder) -> str:
             + f"</tr>{rows}</table>")
 
 
+def _search(run: RunFolder) -> str:
+    """The search's trials (RUN/search.csv): validation score by trial, and the table of states and parameters."""
+    path = run.path / "search.csv"
+    if not path.is_file():
+        return ""
+    t = pd.read_csv(path)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    done = t[t.state == "complete"]
+    ax.plot(done.trial, done.value, "o", label="complete")
+    if len(done):
+        ax.plot(done.trial, done.value.cummax(), "-", alpha=0.6, label="best so far")
+    pruned = t[t.state == "pruned"]
+    if len(pruned):
+        ax.plot(pruned.trial, [done.value.min() if len(done) else 0] * len(pruned), "x", label="pruned")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation score")
+    ax.legend(fontsize=8)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+        r.trial, r.member, r.state, "" if pd.isna(r.value) else f"{r.value:.4f}", r.params)) + "</tr>"
+        for r in t.itertuples())
+    return (f"<p>{len(done)} complete, {len(pruned)} pruned, {int((t.state == 'fail').sum())} cut short and run "
+            "again; each complete trial is a member of the leaderboard.</p>" + _png(fig)
+            + "<table><tr><th>trial</th><th>member</th><th>state</th><th>validation score</th><th>parameters</th>"
+            f"</tr>{rows}</table>")
+
+
 def write_html_report(run: RunFolder, cfg, task, board: pd.DataFrame, v, models: dict, s, extra: dict) -> Path:
     """Write ``RUN/report.html`` (atomic) and return its path."""
     from .folder import versions
@@ -349,6 +376,9 @@ def write_html_report(run: RunFolder, cfg, task, board: pd.DataFrame, v, models:
     auto = _auto(run) if getattr(cfg, "auto", None) is not None else ""
     if auto:
         parts += ["<h2>Backbone choice (auto)</h2>", auto]
+    search = _search(run) if getattr(cfg, "search", None) is not None else ""
+    if search:
+        parts += [f"<h2>Search ({html.escape(cfg.search.name)})</h2>", search]
     w = _weights(fusions)
     if w:
         parts += ["<h2>Fusion weights</h2>", w]
