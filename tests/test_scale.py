@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -203,3 +204,20 @@ def test_executor_errors_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match="executor.address='127.0.0.1:1'.*fix: `ray start --head`"):
         with ray_cluster(ExecutorConfig(kind="ray", address="127.0.0.1:1")):
             pass
+
+
+def test_ddp_inside_a_member_two_processes_match_one(tmp_path):
+    """`torchrun --nproc-per-node 2` (gloo on CPU) and `--nproc-per-node 1` fed the same global batches: the same
+    test accuracy, and probabilities within bf16/summation-order noise (bench/scale.py measures the full size)."""
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"ddp{n}.npy"
+        cmd = [str(Path(sys.executable).with_name("torchrun")), f"--nproc-per-node={n}", "--master-port",
+               str(free_port()), str(Path(__file__).parents[1] / "bench" / "ddp_member.py"), "--out", str(out),
+               "--n-train", "128", "--n-test", "64", "--layers", "1", "--epochs", "2"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[n] = (np.load(out), json.loads(Path(str(out) + ".json").read_text()))
+    assert runs[2][1]["world"] == 2 and runs[1][1]["world"] == 1
+    assert abs(runs[2][1]["accuracy"] - runs[1][1]["accuracy"]) <= 0.001
+    assert np.abs(runs[2][0] - runs[1][0]).max() < 5e-3

@@ -240,6 +240,9 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         (Extractive QA takes ``y=None``: the gold answers inside the examples.)"""
         t0 = time.perf_counter()
         self._check_params()
+        from .train import join_process_group
+
+        self._launched = join_process_group()  # torchrun / accelerate launch: data parallel inside this fit
         self.__dict__.pop("task_entry_", None)  # a refit decides the data-driven options anew
         task = self.task_
         X = task.check_X(X)
@@ -435,8 +438,8 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         (``train.AdamW``); None where it does not train, is tied to an output layer or L2-SP needs it dense."""
         emb = self.model_.get_input_embeddings() if hasattr(self.model_, "get_input_embeddings") else None
         if not SPARSE_EMBEDDING_GRADS or not isinstance(emb, torch.nn.Embedding) or not emb.weight.requires_grad \
-                or self.l2sp > 0:
-            return None
+                or self.l2sp > 0 or getattr(self, "_launched", False):
+            return None  # launched by torchrun: gradients are all-reduced dense (train.all_reduce_gradients)
         if sum(p is emb.weight for _, p in self.model_.named_parameters(remove_duplicate=False)) > 1:
             return None  # tied input and output embeddings: the output layer's gradient is dense anyway
         emb.sparse = True

@@ -155,6 +155,47 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
     return total
 
 
+def data_parallel() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed process group this process is in; (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def join_process_group() -> bool:
+    """Join the process group a launcher describes (``torchrun`` / ``accelerate launch`` set WORLD_SIZE, RANK,
+    MASTER_ADDR...): gloo on CPU, nccl on CUDA. True when this process is one of a launched group."""
+    import os
+
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and os.environ.get("LOCAL_RANK") is not None
+                                and torch.cuda.device_count() > 0 else "gloo")
+    return True
+
+
+def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum every rank's gradient in one flat all-reduce (what DDP's reducer does, done here after the micro-batches:
+    DDP's reducer only arms inside its wrapper's forward, which the tasks' logits functions do not call, and a
+    step of several micro-batches would otherwise sync once per micro-batch). A parameter without a gradient on
+    this rank (its shard of the batch was empty) adds zeros."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    if any(g.is_sparse for g in grads):
+        raise ValueError("sparse gradients under data parallelism: the token embedding must stay dense (tunefuse "
+                         "turns its sparse updates off when launched by torchrun)")
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    for p, g in zip(params, torch._utils._unflatten_dense_tensors(flat, grads)):
+        p.grad = g if p.grad is None else p.grad.copy_(g)
+
+
 def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.Parameter], optimizer, scheduler,
                cfg: LoopConfig, state: LoopState, evaluate: Callable[[], dict] | None = None,
                snapshot: Callable[[], dict[str, torch.Tensor]] | None = None,
@@ -167,7 +208,12 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
     scheduler restored by :func:`load_training_state`, a resumed run continues exactly where the saved one stood.
     A state that is already ``finished`` returns at once. ``on_epoch_end(record)`` sees each epoch's record (a
     search's pruner: it may raise to stop the fit).
+
+    Data parallel (a process group of ``world`` ranks, e.g. ``torchrun --nproc-per-node 2``): every rank draws the
+    same global batch, runs forward and backward on its strided share ``batch[rank::world]``, each share's loss
+    divided by the global batch's weight, and the summed gradients give every rank the one-process step.
     """
+    rank, world = data_parallel()
     if state.finished:
         return state
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -179,10 +225,14 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
             batch = order[start:start + cfg.batch_size]
             total_w, loss_sum = w[batch].sum(), 0.0
             optimizer.zero_grad(set_to_none=True)
-            for rows, unit_loss in forward(batch):
+            share = batch[rank::world]
+            for rows, unit_loss in forward(share) if len(share) else ():
                 loss = (unit_loss * w[rows]).sum() / total_w
                 loss.backward()
                 loss_sum += loss.item()
+            if world > 1:
+                all_reduce_gradients(params)
+                loss_sum = _summed(loss_sum)
             if anchor is not None and cfg.l2sp > 0:  # gradient of λ/2·||θ-θ0||², added without building a graph
                 ps = [p for p in params if p.grad is not None and id(p) in anchor]
                 torch._foreach_add_([p.grad for p in ps], torch._foreach_sub(ps, [anchor[id(p)] for p in ps]),
@@ -217,6 +267,14 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
     state.finished = True
     bar.close()
     return state
+
+
+def _summed(x: float) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
 
 
 def save_training_state(path, model: torch.nn.Module, optimizer, scheduler, state: LoopState) -> None:
@@ -295,9 +353,11 @@ def resumable(folder, model: torch.nn.Module, optimizer, scheduler, steps_per_ep
             print(f"resuming {label} from {folder} (epoch {state.epoch}, step {state.step})", flush=True)
     last = time.monotonic()
 
+    rank0 = data_parallel()[0] == 0  # every rank holds the same state: the first one writes it
+
     def on_step_end(state: LoopState, force: bool = False) -> None:
         nonlocal last
-        if force or state.step % steps_per_epoch == 0 or time.monotonic() - last >= every_s:
+        if rank0 and (force or state.step % steps_per_epoch == 0 or time.monotonic() - last >= every_s):
             save_training_state(folder, model, optimizer, scheduler, state)
             last = time.monotonic()
         faults.point("step")
