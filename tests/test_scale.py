@@ -30,8 +30,9 @@ def four_members(out, **extra) -> dict:
            "members": [{"name": "ft", "backbone": "minilm-l6", "strategy": "full", "params": dict(TINY),
                         "grid": {"random_state": [0, 1, 2]}},
                        {"name": "tfidf", "backbone": "tfidf-logreg"}],
-           "fusions": [{"method": "stacking"}, {"method": "greedy_soup", "members": ["ft-random_state=0",
-                                                                                   "ft-random_state=1"]}]}
+           "fusions": [{"method": "stacking"},
+                       {"method": "greedy_soup", "members": ["ft-random_state=0", "ft-random_state=1"]},
+                       {"method": "kfold_bagging", "members": ["tfidf"], "params": {"n_splits": 3}}]}  # folds: tasks
     cfg.update(extra)
     return cfg
 
@@ -66,7 +67,8 @@ def local_run(tmp_path_factory):
 
 def test_ray_run_with_a_worker_killed_mid_fit_equals_the_local_run(local_run, tmp_path, monkeypatch):
     """A real 2-CPU Ray cluster; one worker is SIGKILLed in its member's 2nd epoch (after the epoch-1 checkpoint);
-    Ray retries the task, the member resumes from its training state, and the run ends as the local one did."""
+    Ray retries the task, the member resumes from its training state, the k-fold bag's folds run as Ray tasks too,
+    and the run ends as the local one did."""
     monkeypatch.setenv("TUNEFUSE_FAULT", "step:11")  # inherited by the workers of the cluster fit_run starts
     monkeypatch.setenv("TUNEFUSE_FAULT_ONCE", str(tmp_path / "fired"))
     run = tmp_path / "ray"
@@ -75,7 +77,9 @@ def test_ray_run_with_a_worker_killed_mid_fit_equals_the_local_run(local_run, tm
     assert (tmp_path / "fired").exists(), "the fault never fired: no worker was killed"
     logs = "".join(p.read_text() for p in (run / "logs").glob("*.log"))
     assert "resuming full training from" in logs, "the retried member did not resume from its checkpoint"
-    assert len(events(run, "task")) == 4 and any(line.startswith("ray: 4 task(s)") for line in lines)
+    tasks = [e["name"] for e in events(run, "task")]
+    assert len(tasks) == 7 and {"fold0", "fold1", "fold2"} <= set(tasks), tasks  # 4 members, 3 folds of the bag
+    assert any(line.startswith("ray: 4 task(s)") for line in lines)
     same_run(local_run, run)
 
 

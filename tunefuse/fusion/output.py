@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -431,6 +432,14 @@ def _aligned_proba(est: Any, X: Any, classes: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fit_fold(estimator, X, y, sw, classes, held_out: bool, i: int, tr, te):
+    """One fold model of k-fold bagging, fitted on the other folds, and its probabilities on its held-out fold."""
+    X_te = _safe_indexing(X, te)
+    val = {"X_val": X_te, "y_val": y[te]} if held_out else {}  # early stopping on the held-out fold
+    est = _fit(clone(estimator), _safe_indexing(X, tr), y[tr], None if sw is None else sw[tr], **val)
+    return est, _aligned_proba(est, X_te, classes)
+
+
 class Bagging(_Fusion):
     """Bagging of one estimator: bootstrap (sklearn ``BaggingClassifier``) or k-fold (AutoGluon-style).
 
@@ -487,11 +496,14 @@ class Bagging(_Fusion):
                 np.zeros(len(y)), y)
             self.oof_proba_, self.members_ = np.zeros((len(y), len(self.classes_))), []
             held_out = bool(self.fold_validation) and has_fit_parameter(self.estimator, "X_val")
-            for i, (tr, te) in enumerate(folds):
-                X_te = _safe_indexing(X, te)
-                val = {"X_val": X_te, "y_val": y[te]} if held_out else {}  # early stopping on the held-out fold
-                est = _fit(clone(self.estimator), _safe_indexing(X, tr), y[tr], None if sw is None else sw[tr], **val)
-                self.oof_proba_[te] = _aligned_proba(est, X_te, self.classes_)
+            jobs = [(i, tr, te) for i, (tr, te) in enumerate(folds)]
+            fit_fold = partial(_fit_fold, self.estimator, X, y, sw, self.classes_, held_out)
+            # _fold_map(fit_fold, jobs) -> [(fold model, its held-out probabilities)]: in order here; as Ray tasks
+            # under the ray executor (set by tunefuse.runs.experiment: tunefuse.runs.executors.fold_map)
+            fold_map = getattr(self, "_fold_map", None)
+            fitted = fold_map(fit_fold, jobs) if fold_map is not None else [fit_fold(*j) for j in jobs]
+            for (i, _, te), (est, proba) in zip(jobs, fitted):
+                self.oof_proba_[te] = proba
                 self.members_.append((f"fold{i}", est))
             self.oof_score_ = float(accuracy_score(y, self.classes_[self.oof_proba_.argmax(1)], sample_weight=sw))
             self.ensemble_ = None

@@ -212,3 +212,33 @@ def fit_members(run, cfg, members: list, task, s, data_key: str, say: Callable[[
         for _, info in remote_map(cfg.executor, member_job, jobs, say, put={"splits": s}):
             run.log(info)
     return {m.name: fit_member(run, cfg, m, task, s, data_key, say, refit) for m in members}
+
+
+def fold_job(fit_fold: Callable, job: tuple, folder: str, cwd: str, threads: float) -> tuple[str, Any, dict]:
+    """One fold of a k-fold bag in a Ray worker: fitted, saved to ``folder`` (read back by the driver), and its
+    held-out probabilities returned."""
+    from ..fusion.persist import save_member
+
+    say, log = in_worker(cwd, threads, Path(folder).name, str(Path(folder).parents[2]))
+    t0 = time.perf_counter()
+    with log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        est, proba = fit_fold(*job)
+        save_member(est, folder)
+    return folder, proba, task_info(Path(folder).name, t0)
+
+
+def fold_map(run, ex: ExecutorConfig, name: str, say: Callable[[str], None]) -> Callable:
+    """A k-fold bag's ``_fold_map``: each fold model a Ray task writing to ``RUN/fusions/NAME/folds/foldI``."""
+    from ..fusion.persist import load_member
+
+    def run_folds(fit_fold: Callable, jobs: list) -> list:
+        root = run.path.resolve() / "fusions" / name / "folds"
+        tasks = [(f"{name} fold {j[0]}", (fit_fold, j, str(root / f"fold{j[0]}"), os.getcwd(), ex.cpus_per_member))
+                 for j in jobs]
+        out = {}
+        for label, (folder, proba, info) in remote_map(ex, fold_job, tasks, say):
+            out[label] = (folder, proba)
+            run.log(info)
+        return [(load_member(out[label][0]), out[label][1]) for label, _ in tasks]
+
+    return run_folds

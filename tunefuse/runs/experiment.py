@@ -194,9 +194,14 @@ def fit_fusion(run: RunFolder, cfg: Config, f: FusionConfig, members: dict, s: S
 
             base = clone(base).set_params(checkpoint_dir=str(run.path / "state" / name))
         est = method.build(base, **{"random_state": cfg.seed, **f.params})
+        if cfg.executor.kind == "ray" and f.method == "kfold_bagging":  # each fold model a Ray task
+            from .executors import fold_map
+
+            est._fold_map = fold_map(run, cfg.executor, name, say)
         est.fit(s.X_train, s.y_train)
         est.fit_time_ = time.perf_counter() - t0
         save_fusion(est, folder / "model")
+        shutil.rmtree(folder / "folds", ignore_errors=True)  # Ray fold tasks' copies, now inside the model
         write_json(record, {"key": key, "name": name, "fit_time_s": est.fit_time_})
         faults.point("fusion")
         return load_fusion(folder / "model")
