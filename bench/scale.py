@@ -8,10 +8,10 @@ run whose worker is killed mid-fit.
    member), wall time of the whole command (Ray's start included). On 2 cores two 1-thread processes give about
    1.07x one 2-thread process, so the ratio shows Ray's overhead, not scale.
 2. 200 tiny members (TF-IDF + logistic regression on 160 reviews, ~30 ms each) through the same member path
-   (fit_members: fit and write in the task, read back by the driver), local against Ray on an already started 2-CPU
-   cluster: the overhead per task is (ray fitting phase x 2 workers - local fitting phase) / 200, the worker time
-   each task costs beyond its fit (the driver's read-back, the same in both, is timed apart and left out). The
-   simulation check of the README's arithmetic: Ray's bare round trip per task predicts the ray phase.
+   (fit_members: fit and write in the task, read back by the driver), local against Ray on an already started
+   1-CPU cluster: the overhead per task is (ray fitting phase - local fitting phase) / 200, what each task costs
+   beyond its fit (the driver's read-back, the same in both, is timed apart and left out). The simulation check of
+   the README's arithmetic: Ray's bare round trip per task predicts the ray phase.
 3. bench/ddp_member.py under `torchrun --nproc-per-node 2` and `1` (gloo): the same global batches, test accuracy
    of each; the delta must be within 0.001.
 4. The Ray run of 1 again with TUNEFUSE_FAULT: one worker SIGKILLed in its first member's epoch (training state
@@ -68,11 +68,12 @@ def same_predictions(a: Path, b: Path) -> bool:
 
 
 def tiny_overhead(root: Path, n: int) -> dict:
-    """n tiny members through fit_members, local and on a started 2-CPU Ray cluster. Each run's wall splits into
-    its fitting phase and the driver's read-back of the n members (timed by a second call, which only reads); the
-    overhead per task is the worker time beyond the fits: (ray fitting phase x 2 workers - local fitting phase) / n.
-    The simulation check: Ray's round trip per task, measured alone with n empty tasks, predicts the ray fitting
-    phase as (local fitting phase + n x round trip) / 2 workers."""
+    """n tiny members through fit_members, local and on a started 1-CPU Ray cluster (one worker: the other core
+    keeps the driver and Ray's daemons off the worker's, which on 2 cores would otherwise be counted as overhead).
+    Each run's wall splits into its fitting phase and the driver's read-back of the n members (timed by a second
+    call, which only reads); the overhead per task is (ray fitting phase - local fitting phase) / n. The simulation
+    check: Ray's bare round trip per task, measured alone with n empty tasks, predicts the ray fitting phase as
+    local fitting phase + n x round trip; the rest is tunefuse's own per-task work (config, log file, data)."""
     import ray
 
     from tunefuse.runs.config import MemberConfig, load_config
@@ -93,12 +94,12 @@ def tiny_overhead(root: Path, n: int) -> dict:
         run = RunFolder(cfg.output)
         run.path.mkdir(parents=True)
         if kind == "ray":
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
             noop = ray.remote(lambda: 0).options(num_cpus=1)
-            ray.get([noop.remote() for _ in range(4)])  # both workers up
+            ray.get([noop.remote() for _ in range(4)])  # the worker up
             t0 = time.perf_counter()
             ray.get([noop.remote() for _ in range(n)])
-            out["round_trip_ms"] = (time.perf_counter() - t0) * 2 / n * 1000
+            out["round_trip_ms"] = (time.perf_counter() - t0) / n * 1000
         t0 = time.perf_counter()
         fit_members(run, cfg, members, task_entry(cfg), s, key, say=lambda m: None)
         wall = time.perf_counter() - t0
@@ -107,8 +108,8 @@ def tiny_overhead(root: Path, n: int) -> dict:
         out[kind] = wall - (time.perf_counter() - t0)
         if kind == "ray":
             ray.shutdown()
-    out["overhead_ms"] = (out["ray"] * 2 - out["local"]) / n * 1000
-    out["predicted_ray"] = (out["local"] + n * out["round_trip_ms"] / 1000) / 2
+    out["overhead_ms"] = (out["ray"] - out["local"]) / n * 1000
+    out["predicted_ray"] = out["local"] + n * out["round_trip_ms"] / 1000
     return out
 
 
@@ -161,8 +162,8 @@ def main() -> None:
 
     t = tiny_overhead(root, a.tiny)
     overhead = t["overhead_ms"]
-    print(f"{a.tiny} tiny members, fitting phase: local {t['local']:.2f} s, ray (2 workers) {t['ray']:.2f} s -> "
-          f"{overhead:.1f} ms of worker time per task beyond its fit; Ray's bare round trip {t['round_trip_ms']:.1f} "
+    print(f"{a.tiny} tiny members, fitting phase: local {t['local']:.2f} s, ray (1 worker) {t['ray']:.2f} s -> "
+          f"{overhead:.1f} ms per task beyond its fit; Ray's bare round trip {t['round_trip_ms']:.1f} "
           f"ms per task predicts the ray phase at {t['predicted_ray']:.2f} s (measured {t['ray']:.2f} s)")
 
     one, two = ddp(root, a.quick)

@@ -174,8 +174,10 @@ def join_process_group() -> bool:
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and os.environ.get("LOCAL_RANK") is not None
-                                and torch.cuda.device_count() > 0 else "gloo")
+        gpu = torch.cuda.is_available() and os.environ.get("LOCAL_RANK") is not None
+        if gpu:  # one GPU per rank: "cuda" then means this rank's device
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if gpu else "gloo")
     return True
 
 

@@ -299,6 +299,16 @@ def dry_run(cfg: Config) -> str:
         lines.append(f"auto: rank {a.candidates or 'the installed backbones of the task'} by {a.rank_by} on at most "
                      f"{a.max_rows} training rows, then fine-tune ({a.strategy}) the best {a.top_k} whose estimated "
                      f"fit time fits {a.budget_s:.0f} s")
+    if cfg.search is not None:
+        sc = cfg.search
+        table = run.path / "search.csv"
+        done = max(0, len(table.read_text().splitlines()) - 1) if table.is_file() else 0
+        lines.append(f"search {sc.name}: {sc.n_trials} trials of {sc.backbone} {sc.strategy} {sc.params or ''} over "
+                     f"{sc.space} ({sc.sampler}, pruner {sc.pruner}); {done} trial(s) in {run.path / 'search.csv'}")
+    if cfg.executor.kind == "ray":
+        ex = cfg.executor
+        lines.append(f"executor: ray at {ex.address or 'a local cluster started for the run'}; each member, fold and "
+                     f"trial a task of {ex.cpus_per_member:g} CPU, {ex.gpus_per_member:g} GPU, {ex.retries} retries")
     for f in cfg.fusions:
         lines.append(f"fusion {cfg.fusion_name(f)}: {f.method} over {f.members or 'all members'}")
     if cfg.auto is not None and "fusions" not in cfg.model_fields_set:  # `fusions: []` turns the defaults off
