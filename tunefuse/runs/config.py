@@ -268,7 +268,7 @@ class Config(_Strict):
 
     def fusion_members(self, f: FusionConfig) -> list[str] | None:
         """A fusion's member names with the search's name expanded into its trials; None: every member."""
-        if f.members is None:
+        if not f.members:  # None or []: every member, as before the search existed
             return None
         out = []
         for n in f.members:

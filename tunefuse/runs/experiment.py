@@ -260,18 +260,22 @@ def fit_run(cfg: Config, *, say: Callable[[str], None] = print, refit: bool = Tr
             cfg = cfg.model_copy(update={"members": cfg.members + chosen, "fusions": fusions})
         from .executors import fit_members, ray_session
 
-        with ray_session():  # one Ray cluster (when the executor is ray) for the members and the trials
+        session = ray_session()  # one Ray cluster (when the executor is ray) for members, trials and bag folds
+        session.__enter__()
+        try:
             members = fit_members(run, cfg, cfg.expanded_members(), task, s, data_key, say, refit)
             if cfg.search is not None:  # the search's finished trials join the members
                 from .search import run_search
 
                 members.update(run_search(run, cfg, task, s, data_key, say, refit))
-        if cfg.auto is not None:
-            from .auto import record_fit_times
+            if cfg.auto is not None:
+                from .auto import record_fit_times
 
-            record_fit_times(run, members)
-        members = dict(cached(list(members.items())))  # each member predicts each split once
-        fusions = {cfg.fusion_name(f): fit_fusion(run, cfg, f, members, s, data_key, say) for f in cfg.fusions}
+                record_fit_times(run, members)
+            members = dict(cached(list(members.items())))  # each member predicts each split once
+            fusions = {cfg.fusion_name(f): fit_fusion(run, cfg, f, members, s, data_key, say) for f in cfg.fusions}
+        finally:
+            session.__exit__(None, None, None)
         from .evaluate import evaluate_run
 
         board, verdict, extras = evaluate_run(run, cfg, task, members, fusions, s, say)
