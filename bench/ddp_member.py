@@ -21,6 +21,8 @@ p.add_argument("--n-train", type=int, default=400)
 p.add_argument("--n-test", type=int, default=400)
 p.add_argument("--layers", type=int, default=None, help="cut MiniLM-L6 to its first N layers (tests: 1)")
 p.add_argument("--epochs", type=int, default=1)
+p.add_argument("--val", type=int, default=0, help="hold out N training rows for early stopping (patience 1)")
+p.add_argument("--checkpoint-dir", default=None, help="save the training state there (resumable; removed at the end)")
 a = p.parse_args()
 
 import torch  # noqa: E402
@@ -32,16 +34,21 @@ from tunefuse.datasets import load_reviews  # noqa: E402
 torch.set_num_threads(1)  # one thread per process: 2 processes on 2 cores
 X_train, y_train, X_test, y_test = load_reviews(n_train=a.n_train, n_test=a.n_test, seed=0)
 over = {"num_hidden_layers": a.layers} if a.layers else None
-est = Finetuner("minilm-l6", "full", epochs=a.epochs, batch_size=16, early_stopping=False, config_overrides=over,
-                random_state=0, verbose=0)
-est.fit(X_train, y_train)
+est = Finetuner("minilm-l6", "full", epochs=a.epochs, batch_size=16, early_stopping=a.val > 0, patience=1,
+                config_overrides=over, checkpoint_dir=a.checkpoint_dir, random_state=0, verbose=0)
+if a.val:
+    y = np.asarray(y_train)
+    est.fit(X_train.iloc[a.val:], y[a.val:], X_val=X_train.iloc[:a.val], y_val=y[:a.val])
+else:
+    est.fit(X_train, y_train)
 proba = est.predict_proba(X_test)
 rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 if rank == 0:
     acc = float((est.classes_[proba.argmax(1)] == np.asarray(y_test)).mean())
     np.save(a.out, proba)
     with open(a.out + ".json", "w") as f:
-        json.dump({"world": world, "accuracy": acc, "fit_time_s": est.fit_time_}, f)
+        json.dump({"world": world, "accuracy": acc, "fit_time_s": est.fit_time_,
+                   "val_scores": [r["val_score"] for r in est.history_ if "val_score" in r]}, f)
     print(json.dumps({"world": world, "accuracy": acc, "fit_time_s": round(est.fit_time_, 2)}))
 if dist.is_initialized():
     dist.destroy_process_group()

@@ -78,7 +78,9 @@ def test_ray_run_with_a_worker_killed_mid_fit_equals_the_local_run(local_run, tm
     logs = "".join(p.read_text() for p in (run / "logs").glob("*.log"))
     assert "resuming full training from" in logs, "the retried member did not resume from its checkpoint"
     tasks = [e["name"] for e in events(run, "task")]
-    assert len(tasks) == 7 and {"fold0", "fold1", "fold2"} <= set(tasks), tasks  # 4 members, 3 folds of the bag
+    folds = {f"kfold_bagging-fold{i}" for i in range(3)}  # 4 members, 3 folds of the bag, each with its log
+    assert len(tasks) == 7 and folds <= set(tasks), tasks
+    assert folds <= {p.stem for p in (run / "logs").glob("*.log")}
     assert any(line.startswith("ray: 4 task(s)") for line in lines)
     same_run(local_run, run)
 
@@ -107,8 +109,6 @@ def two_nodes(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     procs = [head]
     try:
-        import ray
-
         deadline = time.time() + 90
         while True:  # the head answers, then the second node joins it
             probe = subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True, text=True)
@@ -119,17 +119,12 @@ def two_nodes(tmp_path):
         procs.append(subprocess.Popen([RAY, "start", f"--address={address}", *common],  # a second node
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                       start_new_session=True))
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-        ray.init(address=address, include_dashboard=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
-        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-            assert time.time() < deadline, "the second node did not join"
-            time.sleep(0.5)
-        yield address
+        while "2 node(s)" not in probe.stdout and probe.stdout.count(" node_") < 2:
+            assert time.time() < deadline, f"the second node did not join: {probe.stdout[-1000:]}"
+            time.sleep(1)
+            probe = subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True, text=True)
+        yield address, env
     finally:
-        import ray
-
-        ray.shutdown()
-        os.environ.pop("RAY_AUTH_MODE", None)
         for p in reversed(procs):  # SIGKILL of each node's process group (SIGTERM drains for 30 s)
             if p.poll() is None:
                 os.killpg(p.pid, 9)
@@ -137,22 +132,30 @@ def two_nodes(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.xfail(reason="since commit 2eedbc1 the tasks on the second node fail with OwnerDiedError fetching the "
-                          "driver's ray.put splits (passed at 8e9b549); open in issue 18's note", strict=False)
 def test_members_and_search_trials_run_on_both_nodes_of_a_ray_start_cluster(two_nodes, tmp_path):
-    """Members and trials of a run with `executor.address` set are Ray tasks spread over the two nodes."""
+    """`tunefuse fit --executor ray --address HOST:PORT` from a fresh driver process (as a user runs it): members
+    and trials are Ray tasks spread over the two nodes, and the fusion takes the trials. (A driver that already
+    started and shut down a local Ray in the same process cannot own objects for a second node: Ray's
+    OwnerDiedError, seen when this ran inside pytest's process after the other Ray tests.)"""
+    import yaml
+
+    address, env = two_nodes
     cfg = {"data": DATA, "seed": 0, "output": str(tmp_path / "run"),
            "members": [{"name": "ft", "backbone": "minilm-l6", "strategy": "full", "params": dict(TINY, epochs=1),
                         "grid": {"random_state": [0, 1]}}],
            "search": {"name": "sweep", "backbone": "minilm-l6", "strategy": "full", "params": dict(TINY, epochs=1),
                       "space": {"lr": [3e-5, 1e-4]}, "n_trials": 2, "sampler": "grid"},
-           "fusions": [{"method": "ensemble_selection"}],
-           "executor": {"kind": "ray", "address": two_nodes}}
-    result = fit_run(load_config(cfg), say=lambda m: None)
+           "fusions": [{"method": "ensemble_selection"}]}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([sys.executable, "-m", "tunefuse.cli", "fit", str(tmp_path / "run.yaml"), "--executor",
+                           "ray", "--address", address, "--quiet"], env=dict(env, HF_HUB_OFFLINE="1"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     tasks = events(tmp_path / "run", "task")
     assert sorted(t["name"] for t in tasks) == ["ft-random_state=0", "ft-random_state=1", "sweep-000", "sweep-001"]
     assert len({t["node"] for t in tasks}) == 2, f"every task ran on one node: {tasks}"
-    assert set(result.board["model"]) >= {"sweep-000", "sweep-001", "ensemble_selection"}
+    board = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
+    assert set(board["model"]) >= {"sweep-000", "sweep-001", "ensemble_selection"}
 
 
 def test_search_resumes_after_an_interrupt_and_its_trials_become_a_soup_and_an_ensemble(tmp_path):
@@ -175,11 +178,12 @@ def test_search_resumes_after_an_interrupt_and_its_trials_become_a_soup_and_an_e
     assert "member sweep-001: fitted already" in "\n".join(lines)  # the requeued trial found its member
     table = pd.read_csv(tmp_path / "run" / "search.csv")
     done = table[table.state == "complete"]
-    assert list(done.member) == ["sweep-000", "sweep-001", "sweep-002", "sweep-003"]
+    assert list(table[table.state != "fail"].member) == ["sweep-000", "sweep-001", "sweep-002", "sweep-003"]
+    assert {"sweep-000", "sweep-001"} <= set(done.member) and len(done) >= 3  # (the median pruner may stop one)
     failed = table[table.state == "fail"]
     assert list(failed.member) == ["sweep-001"] and failed.params.iloc[0] == done.params.iloc[1]
     board = set(result.board["model"])
-    assert {"greedy_soup", "ensemble_selection", "sweep-000", "sweep-003"} <= board
+    assert {"greedy_soup", "ensemble_selection", *done.member} <= board
     weights = [e["weights"] for e in events(tmp_path / "run", "fusion") if e["fusion"] == "greedy_soup"][-1]
     assert set(weights) <= set(done.member)
     assert "<h2>Search (sweep)</h2>" in (tmp_path / "run" / "report.html").read_text()
@@ -213,17 +217,22 @@ def test_executor_errors_are_one_line(tmp_path):
 
 
 def test_ddp_inside_a_member_two_processes_match_one(tmp_path):
-    """`torchrun --nproc-per-node 2` (gloo on CPU) and `--nproc-per-node 1` fed the same global batches: the same
-    test accuracy, and probabilities within bf16/summation-order noise (bench/scale.py measures the full size)."""
+    """`torchrun --nproc-per-node 2` (gloo on CPU) and `--nproc-per-node 1` fed the same global batches, with early
+    stopping on a validation split and a resumable training state: the same validation curve and test accuracy,
+    probabilities within summation-order noise, and the finished state removed (bench/scale.py: the full size)."""
     runs = {}
     for n in (1, 2):
         out = tmp_path / f"ddp{n}.npy"
         cmd = [str(Path(sys.executable).with_name("torchrun")), f"--nproc-per-node={n}", "--master-port",
                str(free_port()), str(Path(__file__).parents[1] / "bench" / "ddp_member.py"), "--out", str(out),
-               "--n-train", "128", "--n-test", "64", "--layers", "1", "--epochs", "2"]
+               "--n-train", "160", "--n-test", "64", "--layers", "1", "--epochs", "3", "--val", "32",
+               "--checkpoint-dir", str(tmp_path / f"state{n}")]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         runs[n] = (np.load(out), json.loads(Path(str(out) + ".json").read_text()))
     assert runs[2][1]["world"] == 2 and runs[1][1]["world"] == 1
+    assert len(runs[2][1]["val_scores"]) == len(runs[1][1]["val_scores"]) >= 2
+    assert np.allclose(runs[2][1]["val_scores"], runs[1][1]["val_scores"], atol=1e-6)
+    assert not any(p.is_file() for p in (tmp_path / "state2").rglob("*"))  # rank 0 removed it after every rank
     assert abs(runs[2][1]["accuracy"] - runs[1][1]["accuracy"]) <= 0.001
     assert np.abs(runs[2][0] - runs[1][0]).max() < 5e-3

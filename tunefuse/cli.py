@@ -72,13 +72,19 @@ def fit(config: Path = typer.Argument(..., help="the YAML config, e.g. examples/
         executor: Optional[str] = typer.Option(None, "--executor", help="where members and trials are fitted: "
                                                "local (this process) or ray (one Ray task each); default: the "
                                                "config's executor.kind"),
-        address: Optional[str] = typer.Option(None, "--address", help="the Ray cluster (with --executor ray): "
+        address: Optional[str] = typer.Option(None, "--address", help="the Ray cluster (implies --executor ray): "
                                               "auto joins this machine's running cluster, ray://host:10001 a remote "
                                               "one; default: start a local one")):
     """Fit the config's members and fusions into its output folder; the same command again resumes it."""
     from .runs.experiment import dry_run as plan, fit_run
 
     sets = list(set_ or [])
+    if address is not None and executor == "local":
+        from .runs.config import ConfigError
+
+        raise ConfigError(f"--address {address} is a Ray cluster, and --executor local fits in this process; "
+                          "fix: --executor ray, or drop --address")
+    executor = "ray" if address is not None and executor is None else executor  # an address means Ray
     sets += [f"executor.kind={executor}"] if executor is not None else []
     sets += [f"executor.address={address}"] if address is not None else []
     cfg = _config(config, sets)
@@ -90,6 +96,8 @@ def fit(config: Path = typer.Argument(..., help="the YAML config, e.g. examples/
 
         check_mlflow(mlflow)
     say = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg))
+    if quiet:  # Ray workers too: their lines are not forwarded (they stay in RUN/logs)
+        os.environ["TUNEFUSE_QUIET"] = "1"
     result = fit_run(cfg, say=say)
     if quiet:
         typer.echo(f"chosen: {result.verdict.chosen}")

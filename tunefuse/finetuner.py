@@ -286,7 +286,11 @@ class Finetuner(ClassifierMixin, BaseEstimator):
         """A finished fit's training state is not needed any more: remove its folder (other fits' stay). A caller
         that saves the model afterwards (a run folder) sets ``_keep_training_state`` and removes it once saved, so a
         kill in between resumes from the finished state instead of refitting."""
-        if self.checkpoint_dir is not None and not getattr(self, "_keep_training_state", False):
+        from .train import barrier, data_parallel
+
+        barrier()  # data parallel: rank 0 may still be writing the finished state
+        if (self.checkpoint_dir is not None and not getattr(self, "_keep_training_state", False)
+                and data_parallel()[0] == 0):
             import shutil
 
             shutil.rmtree(Path(self.checkpoint_dir) / self._resume_key, ignore_errors=True)
@@ -537,7 +541,7 @@ class Finetuner(ClassifierMixin, BaseEstimator):
                            evaluate=evaluate if val is not None else None, snapshot=snapshot, anchor=anchor,
                            on_step_end=on_step_end, on_epoch_end=getattr(self, "_on_epoch_end", None),
                            train_mode=self._train_mode(module, get_strategy(self.strategy).probe),
-                           verbose=self.verbose > 0)
+                           verbose=self.verbose > 0, buffers=list(module.buffers()))
         if on_step_end is not None:  # the finished loop: a kill from here on resumes past it
             on_step_end(state, force=True)
         if state.best and state.best_epoch < state.epoch:  # restore the best epoch's weights (early stopping)

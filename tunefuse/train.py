@@ -166,36 +166,67 @@ def data_parallel() -> tuple[int, int]:
 
 def join_process_group() -> bool:
     """Join the process group a launcher describes (``torchrun`` / ``accelerate launch`` set WORLD_SIZE, RANK,
-    MASTER_ADDR...): gloo on CPU, nccl on CUDA. True when this process is one of a launched group."""
+    MASTER_ADDR...): gloo for CPU tensors, and nccl for CUDA tensors where there are GPUs (one backend per device
+    type, so a fit on ``device='cpu'`` of a GPU machine still reduces on gloo). True when this process is one of a
+    launched group of two or more (a launch of one process is a plain fit)."""
     import os
 
     import torch.distributed as dist
 
-    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return False
     if not dist.is_initialized():
         gpu = torch.cuda.is_available() and os.environ.get("LOCAL_RANK") is not None
         if gpu:  # one GPU per rank: "cuda" then means this rank's device
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group("nccl" if gpu else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if gpu else "gloo")
     return True
 
 
 def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
     """Sum every rank's gradient in one flat all-reduce (what DDP's reducer does, done here after the micro-batches:
     DDP's reducer only arms inside its wrapper's forward, which the tasks' logits functions do not call, and a
-    step of several micro-batches would otherwise sync once per micro-batch). A parameter without a gradient on
-    this rank (its shard of the batch was empty) adds zeros."""
+    step of several micro-batches would otherwise sync once per micro-batch). A parameter with a gradient on some
+    rank but not this one (its share of the batch was empty, or did not reach it) adds zeros; one with a gradient
+    on no rank keeps ``grad=None``, so the optimiser skips it as one process would (no weight decay, no moments)."""
     import torch.distributed as dist
 
+    if not params:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    dist.all_reduce(has)
+    params = [p for p, h in zip(params, has.tolist()) if h > 0]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     if any(g.is_sparse for g in grads):
         raise ValueError("sparse gradients under data parallelism: the token embedding must stay dense (tunefuse "
                          "turns its sparse updates off when launched by torchrun)")
+    if not grads:
+        return
     flat = torch._utils._flatten_dense_tensors(grads)
     dist.all_reduce(flat)
     for p, g in zip(params, torch._utils._unflatten_dense_tensors(flat, grads)):
         p.grad = g if p.grad is None else p.grad.copy_(g)
+
+
+def from_rank0(value):
+    """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself outside a process group. Decisions
+    taken from floats (early stopping, the best epoch, whether a saved state exists) are rank 0's, so no rank can
+    take another branch than the others and hang the next collective."""
+    import torch.distributed as dist
+
+    if data_parallel()[1] < 2:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside a process group)."""
+    import torch.distributed as dist
+
+    if data_parallel()[1] > 1:
+        dist.barrier()
 
 
 def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.Parameter], optimizer, scheduler,
@@ -203,7 +234,8 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
                snapshot: Callable[[], dict[str, torch.Tensor]] | None = None,
                anchor: dict[int, torch.Tensor] | None = None, on_step_end: Callable[[LoopState], None] | None = None,
                on_epoch_end: Callable[[dict], None] | None = None,
-               train_mode: Callable[[bool], None] = lambda on: None, verbose: bool = True) -> LoopState:
+               train_mode: Callable[[bool], None] = lambda on: None, verbose: bool = True,
+               buffers: list[torch.Tensor] = ()) -> LoopState:
     """Minimise Σ w_i·L_i / Σ w_i + λ R(θ); evaluate each epoch; keep the best epoch's weights in ``state.best``.
 
     Resumes from ``state`` (epoch, step inside the epoch, early-stopping counters): with the model, optimiser and
@@ -213,7 +245,9 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
 
     Data parallel (a process group of ``world`` ranks, e.g. ``torchrun --nproc-per-node 2``): every rank draws the
     same global batch, runs forward and backward on its strided share ``batch[rank::world]``, each share's loss
-    divided by the global batch's weight, and the summed gradients give every rank the one-process step.
+    divided by the global batch's weight, and the summed gradients give every rank the one-process step. At each
+    epoch's end the ``buffers`` (BatchNorm's running statistics) are rank 0's on every rank, as DDP's
+    ``broadcast_buffers`` makes them, and the epoch's record (validation score: early stopping) is rank 0's.
     """
     rank, world = data_parallel()
     if state.finished:
@@ -234,7 +268,7 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
                 loss_sum += loss.item()
             if world > 1:
                 all_reduce_gradients(params)
-                loss_sum = _summed(loss_sum)
+                loss_sum = _summed(loss_sum, params[0].device if params else "cpu")
             if anchor is not None and cfg.l2sp > 0:  # gradient of λ/2·||θ-θ0||², added without building a graph
                 ps = [p for p in params if p.grad is not None and id(p) in anchor]
                 torch._foreach_add_([p.grad for p in ps], torch._foreach_sub(ps, [anchor[id(p)] for p in ps]),
@@ -250,9 +284,15 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
             if on_step_end:
                 on_step_end(state)
         train_mode(False)
+        if world > 1:
+            import torch.distributed as dist
+
+            for b in buffers:
+                dist.broadcast(b, src=0)
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(state.losses)) if state.losses else float("nan"),
                   "lr": scheduler.get_last_lr()[0], "time_s": time.perf_counter() - t0}
         record.update(evaluate() if evaluate else {})
+        record = from_rank0(record)
         state.history.append(record)
         state.epoch, state.losses = epoch + 1, []
         if on_epoch_end is not None:
@@ -271,10 +311,11 @@ def train_loop(forward: Forward, n: int, w: torch.Tensor, params: list[torch.nn.
     return state
 
 
-def _summed(x: float) -> float:
+def _summed(x: float, device) -> float:
     import torch.distributed as dist
 
-    t = torch.tensor([x], dtype=torch.float64)
+    t = torch.tensor([x], dtype=torch.float64 if torch.device(device).type == "cpu" else torch.float32,
+                     device=device)
     dist.all_reduce(t)
     return float(t.item())
 
@@ -349,10 +390,11 @@ def resumable(folder, model: torch.nn.Module, optimizer, scheduler, steps_per_ep
 
     folder = Path(folder)
     state = LoopState()
-    if (folder / "training_state.json").is_file():
+    if from_rank0((folder / "training_state.json").is_file()):  # every rank resumes, or none
         state = load_training_state(folder, model, optimizer, scheduler)
         if verbose:
             print(f"resuming {label} from {folder} (epoch {state.epoch}, step {state.step})", flush=True)
+    barrier()  # no rank reads while rank 0 may already write
     last = time.monotonic()
 
     rank0 = data_parallel()[0] == 0  # every rank holds the same state: the first one writes it

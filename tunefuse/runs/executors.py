@@ -59,10 +59,10 @@ def ray_cluster(ex: ExecutorConfig) -> Iterator[Any]:
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": forwarded_env()}}
         if not (ex.address or "").startswith("ray://"):  # Ray Client takes fewer options
-            kwargs.update(include_dashboard=False, log_to_driver=True)
+            kwargs.update(include_dashboard=False, log_to_driver=os.environ.get("TUNEFUSE_QUIET") != "1")
         try:
             _reachable(ex.address)
-            ray.init(address=ex.address, **kwargs)
+            ray.init(address=ex.address or "local", **kwargs)  # None would join a cluster RAY_ADDRESS names
         except ConnectionError as e:
             raise ConfigError(f"executor.address={ex.address!r}: no Ray cluster answers there ({str(e)[:160]}); fix: "
                               "`ray start --head` on that machine, or leave address unset to start a local "
@@ -106,6 +106,10 @@ def _failure(ray, label: str, e: BaseException, retries: int) -> BaseException:
     if isinstance(e, getattr(exc, "OutOfMemoryError", ())):
         return ConfigError(f"{label}: its Ray worker ran out of memory ({retries} retries); fix: request more per "
                            "task (executor.cpus_per_member, so fewer run per node) or a smaller batch_size")
+    if isinstance(e, getattr(exc, "RuntimeEnvSetupError", ())):
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        return ConfigError(f"{label}: Ray could not set up the worker's environment ({first[:200]}); fix: install "
+                           "tunefuse and its extras on every node, with the driver's versions")
     if isinstance(e, (exc.WorkerCrashedError, exc.NodeDiedError, exc.TaskCancelledError)):
         return ConfigError(f"{label}: its Ray worker died {retries + 1} time(s) ({type(e).__name__}); the run folder "
                            "keeps its training state; fix: see the worker's log (RUN/logs), raise executor.retries, "
@@ -117,12 +121,13 @@ def remote_map(ex: ExecutorConfig, fn: Callable, jobs: list[tuple[str, tuple]], 
                put: dict[str, Any] | None = None) -> Iterator[tuple[str, Any]]:
     """Run ``fn(*args)`` for each ``(label, args)`` as one Ray task, yielding ``(label, result)`` as tasks finish.
 
-    ``put``: large arguments shared by every task (the data splits), stored once in Ray's object store; an argument
-    that is a key of ``put`` is passed as that object. A failed task does not stop the others (what they fit is
-    kept); the first failure is raised once all have ended. Ctrl-C cancels every task and leaves the run resumable.
+    ``put``: large arguments shared by every task (the data splits), stored once in Ray's object store (or given
+    as the ``ObjectRef`` of an earlier ``ray.put``); an argument that is a key of ``put`` is passed as that object.
+    A failed task does not stop the others (what they fit is kept); the first failure is raised once all have
+    ended. Ctrl-C cancels every task and leaves the run resumable.
     """
     with ray_cluster(ex) as ray:
-        refs_of = {k: ray.put(v) for k, v in (put or {}).items()}
+        refs_of = {k: v if isinstance(v, ray.ObjectRef) else ray.put(v) for k, v in (put or {}).items()}
         task = ray.remote(fn).options(num_cpus=ex.cpus_per_member, num_gpus=ex.gpus_per_member,
                                       max_retries=ex.retries, retry_exceptions=False)
         label_of = {}
@@ -214,29 +219,31 @@ def fit_members(run, cfg, members: list, task, s, data_key: str, say: Callable[[
     return {m.name: fit_member(run, cfg, m, task, s, data_key, say, refit) for m in members}
 
 
-def fold_job(fit_fold: Callable, job: tuple, folder: str, cwd: str, threads: float) -> tuple[str, Any, dict]:
+def fold_job(fit_fold: Callable, job: tuple, folder: str, run_path: str, label: str, cwd: str,
+             threads: float) -> tuple[str, Any, dict]:
     """One fold of a k-fold bag in a Ray worker: fitted, saved to ``folder`` (read back by the driver), and its
-    held-out probabilities returned."""
+    held-out probabilities returned; its log is ``RUN/logs/LABEL.log``."""
     from ..fusion.persist import save_member
 
-    say, log = in_worker(cwd, threads, Path(folder).name, str(Path(folder).parents[2]))
+    say, log = in_worker(cwd, threads, label, run_path)
     t0 = time.perf_counter()
     with log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         est, proba = fit_fold(*job)
         save_member(est, folder)
-    return folder, proba, task_info(Path(folder).name, t0)
+    return folder, proba, task_info(label, t0)
 
 
 def fold_map(run, ex: ExecutorConfig, name: str, say: Callable[[str], None]) -> Callable:
-    """A k-fold bag's ``_fold_map``: each fold model a Ray task writing to ``RUN/fusions/NAME/folds/foldI``."""
+    """A k-fold bag's ``_fold_map``: each fold model a Ray task writing to ``RUN/fusions/NAME/folds/foldI``; the
+    training data (inside ``fit_fold``) goes to Ray's object store once, not once per fold."""
     from ..fusion.persist import load_member
 
     def run_folds(fit_fold: Callable, jobs: list) -> list:
         root = run.path.resolve() / "fusions" / name / "folds"
-        tasks = [(f"{name} fold {j[0]}", (fit_fold, j, str(root / f"fold{j[0]}"), os.getcwd(), ex.cpus_per_member))
-                 for j in jobs]
+        tasks = [(f"{name} fold {j[0]}", ("fit_fold", j, str(root / f"fold{j[0]}"), str(run.path.resolve()),
+                                          f"{name}-fold{j[0]}", os.getcwd(), ex.cpus_per_member)) for j in jobs]
         out = {}
-        for label, (folder, proba, info) in remote_map(ex, fold_job, tasks, say):
+        for label, (folder, proba, info) in remote_map(ex, fold_job, tasks, say, put={"fit_fold": fit_fold}):
             out[label] = (folder, proba)
             run.log(info)
         return [(load_member(out[label][0]), out[label][1]) for label, _ in tasks]

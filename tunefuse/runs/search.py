@@ -38,8 +38,8 @@ def distributions(sc: SearchConfig) -> dict:
     for k, v in sc.space.items():
         if isinstance(v, list):
             out[k] = D.CategoricalDistribution(v)
-        elif all(isinstance(v[b], int) and not isinstance(v[b], bool) for b in ("low", "high")) and not v.get("log"):
-            out[k] = D.IntDistribution(v["low"], v["high"], step=int(v.get("step") or 1))
+        elif all(isinstance(v[b], int) and not isinstance(v[b], bool) for b in ("low", "high")):
+            out[k] = D.IntDistribution(v["low"], v["high"], log=bool(v.get("log")), step=int(v.get("step") or 1))
         else:
             out[k] = D.FloatDistribution(float(v["low"]), float(v["high"]), log=bool(v.get("log")),
                                          step=v.get("step"))
@@ -63,7 +63,8 @@ def pruner(sc: SearchConfig):
 def study_name(cfg: Config, data_key: str) -> str:
     from .experiment import _digest
 
-    return f"{cfg.search.name}-{_digest(cfg.search.model_dump(), cfg.task, cfg.task_options, cfg.seed, data_key)}"
+    block = cfg.search.model_dump(exclude={"n_trials"})  # more trials later: the same study, continued
+    return f"{cfg.search.name}-{_digest(block, cfg.task, cfg.task_options, cfg.seed, data_key)}"
 
 
 def storage_url(run, sc: SearchConfig) -> str:
@@ -174,6 +175,7 @@ def _enqueue_grid(study, sc: SearchConfig) -> None:
 def run_search(run, cfg: Config, task, s, data_key: str, say: Callable[[str], None], refit: bool = True) -> dict:
     """Run (or resume, or with ``refit=False`` only read) the config's search; its complete trials as members,
     read back from their folders, in trial order. Writes ``RUN/search.csv`` (every trial, its state and value)."""
+    import contextlib
     import os
 
     optuna = _optuna()
@@ -190,47 +192,50 @@ def run_search(run, cfg: Config, task, s, data_key: str, say: Callable[[str], No
         done = len(finished())
         if done:
             say(f"search {sc.name}: {done} of {sc.n_trials} trials finished already")
-        while len(finished()) < sc.n_trials:
-            slots = 1
-            if cfg.executor.kind == "ray":
-                from .executors import ray_cluster
+        with contextlib.ExitStack() as stack:
+            slots, splits = 1, s
+            if cfg.executor.kind == "ray":  # one connection and one copy of the data in the object store
+                from .executors import ray_cluster, remote_map
 
-                with ray_cluster(cfg.executor) as ray:
-                    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.executor.cpus_per_member))
-            left = sc.n_trials - len(finished())
-            if sc.sampler == "grid":
-                left = min(left, _grid_size(sc) - len(finished()))
-            batch = []
-            for _ in range(min(slots, left)):
-                study.sampler = sampler(sc, cfg.seed + len(study.trials))  # reseeded: a resumed search asks alike
-                trial = study.ask(space)
-                names = {t.user_attrs.get("member") for t in study.get_trials(deepcopy=False)} - {None}
-                member = trial.user_attrs.get("member") or f"{sc.name}-{len(names):03d}"
-                trial.set_user_attr("member", member)
-                batch.append((trial, trial_member(sc, member, trial.params)))
-            say(f"search {sc.name}: trial(s) " + ", ".join(f"{m.name} {trial.params}" for trial, m in batch))
-            if cfg.executor.kind == "ray":
-                from .executors import remote_map
-
-                doc, storage = cfg.model_dump(mode="json"), storage_url(run, sc)
-                jobs = [(f"trial {m.name}", (str(run.path.resolve()), doc, m.model_dump(mode="json"), "splits",
-                                             data_key, os.getcwd(), storage, study.study_name, trial._trial_id))
-                        for trial, m in batch]
-                results = {}
-                for label, (outcome, info) in remote_map(cfg.executor, trial_job, jobs, say, put={"splits": s}):
-                    results[label] = outcome
-                    run.log(info)
-                outcomes = [results[f"trial {m.name}"] for _, m in batch]
-            else:
-                outcomes = [fit_trial(run, cfg, m, task, s, data_key, say, trial) for trial, m in batch]
-            for (trial, m), (state, value) in zip(batch, outcomes):
-                if state == "pruned":
-                    study.tell(trial, state=S.PRUNED)
+                ray = stack.enter_context(ray_cluster(cfg.executor))
+                free = ray.cluster_resources()
+                slots = int(free.get("CPU", 1) // cfg.executor.cpus_per_member)
+                if cfg.executor.gpus_per_member:
+                    slots = min(slots, int(free.get("GPU", 0) // cfg.executor.gpus_per_member))
+                slots, splits = max(1, slots), ray.put(s)
+            while len(finished()) < sc.n_trials:
+                left = sc.n_trials - len(finished())
+                if sc.sampler == "grid":
+                    left = min(left, _grid_size(sc) - len(finished()))
+                batch = {}
+                for _ in range(min(slots, left)):
+                    names = {t.user_attrs.get("member") for t in study.get_trials(deepcopy=False)} - {None}
+                    study.sampler = sampler(sc, cfg.seed + len(names))  # by member index: a resumed search asks alike
+                    trial = study.ask(space)
+                    member = trial.user_attrs.get("member") or f"{sc.name}-{len(names):03d}"
+                    trial.set_user_attr("member", member)
+                    batch[f"trial {member}"] = (trial, trial_member(sc, member, trial.params))
+                say(f"search {sc.name}: trial(s) " + ", ".join(f"{m.name} {t.params}" for t, m in batch.values()))
+                if cfg.executor.kind == "ray":
+                    doc, storage = cfg.model_dump(mode="json"), storage_url(run, sc)
+                    jobs = [(label, (str(run.path.resolve()), doc, m.model_dump(mode="json"), "splits", data_key,
+                                     os.getcwd(), storage, study.study_name, trial._trial_id))
+                            for label, (trial, m) in batch.items()]
+                    outcomes = remote_map(cfg.executor, trial_job, jobs, say, put={"splits": splits})
                 else:
-                    study.tell(trial, value)
-                    say(f"trial {m.name}: validation score {value:.4f}")
-            if sc.sampler == "grid" and len(finished()) >= _grid_size(sc):
-                break
+                    outcomes = ((label, (fit_trial(run, cfg, m, task, s, data_key, say, trial), None))
+                                for label, (trial, m) in batch.items())
+                for label, (outcome, info) in outcomes:  # told as each ends: a later failure keeps them
+                    if info is not None:
+                        run.log(info)
+                    (trial, m), (state, value) = batch[label], outcome
+                    if state == "pruned":
+                        study.tell(trial, state=S.PRUNED)
+                    else:
+                        study.tell(trial, value)
+                        say(f"trial {m.name}: validation score {value:.4f}")
+                if sc.sampler == "grid" and len(finished()) >= _grid_size(sc):
+                    break
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == S.COMPLETE]
     if not trials:
         raise ConfigError(f"search {sc.name}: no trial completed (all {len(finished())} were pruned); fix: "
