@@ -1,5 +1,6 @@
 """The tunefuse command: a real tiny fit into a run folder (shared by the tests here), predict, evaluate, report, list,
 schema, the lock, resume after a kill, the report rendered in a real browser, the example configs."""
+import dataclasses
 import json
 import os
 import shutil
@@ -80,6 +81,37 @@ def test_fit_writes_the_documented_run_folder(fitted_run):
     assert not list((run / "fusions" / "stacking" / "model" / "members").rglob("*.safetensors"))
     html = (run / "report.html").read_text()
     assert "Verdict." in html and html.count("data:image/png;base64,") >= 5 and "<table>" in html
+
+
+def test_members_keep_their_validation_and_test_probabilities_and_the_driver_replays_them(fitted_run):
+    """Each classifier member's folder holds its probabilities on the run's validation and test rows (computed where
+    it was fitted: a Ray worker); read back, the member replays them without a forward pass, and a changed test
+    set is predicted again."""
+    from safetensors.numpy import load_file
+
+    from tunefuse.runs.config import load_config
+    from tunefuse.runs.experiment import read_member
+    from tunefuse.runs.inputs import load_data
+
+    run, cfg = fitted_run
+    s = load_data(load_config(cfg))
+    for name in ("ft-random_state=0", "ft-random_state=1", "tfidf"):
+        saved = load_file(str(run / "members" / name / "split_proba.safetensors"))
+        assert saved["val"].shape == (len(s.X_val), 2) and saved["test"].shape == (len(s.X_test), 2)
+        test_csv = pd.read_csv(run / "predictions" / f"{name}.csv")[["proba_0", "proba_1"]].to_numpy()
+        np.testing.assert_allclose(saved["test"], test_csv, rtol=1e-6)  # what the leaderboard scored
+        member = read_member(run / "members" / name, s)
+        member.estimator.predict_proba = lambda X: pytest.fail("a saved prediction was computed again")
+        assert np.array_equal(member.predict_proba(s.X_val.iloc[::3]), saved["val"][::3])  # a fold: by rows
+        assert np.array_equal(member.predict_proba(s.X_test), saved["test"]) and member.replayed_s > 0
+    other = s.X_test.assign(text=s.X_test["text"] + " !")  # the test file changed since the fit
+    fresh = read_member(run / "members" / "tfidf", dataclasses.replace(s, X_test=other))
+    asked = []
+    inner = fresh.estimator.predict_proba
+    fresh.estimator.predict_proba = lambda X: asked.append(len(X)) or inner(X)
+    assert fresh.predict_proba(other).shape == (len(other), 2) and asked == [len(other)]
+    fresh.predict_proba(s.X_val)
+    assert asked == [len(other)]  # the validation rows are still the run's: replayed
 
 
 @pytest.mark.slow

@@ -423,3 +423,42 @@ def test_loading_refuses_untrusted_and_foreign_content(tmp_path, text_data):
     fn = save_member(make_pipeline(FunctionTransformer(np.load), DummyClassifier()), tmp_path / "fn")
     with pytest.raises(ValueError, match="numpy.*load.*trusted="):  # functions from numpy are not trusted
         load_member(fn)
+
+
+class Counting(ClassifierMixin, BaseEstimator):
+    """A fitted member that counts the rows it is asked to predict."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+
+    def fit(self, X, y):
+        self.classes_ = self.inner.classes_
+        return self
+
+    def predict_proba(self, X):
+        self.rows_asked_ = getattr(self, "rows_asked_", 0) + len(X)
+        return self.inner.predict_proba(X)
+
+
+def test_cached_members_replay_the_rows_of_a_cross_fitted_fusion(text_data):
+    """Cross-fitting asks prefit members for k folds of the validation rows: each row is computed once, and the
+    folds are assembled from those rows, bit for bit, with the time it took counted again on every replay."""
+    from tunefuse.fusion.members import cached
+
+    X, y = text_data
+    X_tr, X_va, y_tr, y_va = train_test_split(X, y, test_size=0.5, stratify=y, random_state=0)
+    counts = [Counting(TextLR(C=10.0).fit(X_tr, y_tr)).fit(X_tr, y_tr), Counting(_nb().fit(X_tr, y_tr)).fit(X_tr, y_tr)]
+    members = cached([("textlr", counts[0]), ("nb", counts[1])])
+    stack = Stacking(members, prefit=True).fit(X_va, y_va)
+    honest = cross_val_fusion(stack, X_va, y_va, n_splits=5)
+    assert [c.rows_asked_ for c in counts] == [len(X_va)] * 2  # the fit's one pass, none for the 5 folds
+    plain = cross_val_fusion(Stacking([("textlr", counts[0].inner), ("nb", counts[1].inner)], prefit=True),
+                             X_va, y_va, n_splits=5)
+    assert np.array_equal(honest, plain)
+    fold = X_va[::3]
+    assert np.array_equal(members[0][1].predict_proba(fold), counts[0].inner.predict_proba(fold))
+    replayed = members[0][1].replayed_s
+    members[0][1].predict_proba(X_va[:10])
+    assert members[0][1].replayed_s > replayed and counts[0].rows_asked_ == len(X_va)
+    members[0][1].predict_proba(X_tr[:5])  # rows never seen: computed
+    assert counts[0].rows_asked_ == len(X_va) + 5

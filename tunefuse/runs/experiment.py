@@ -5,7 +5,10 @@ A member whose folder holds a record of the same fit (same spec, task and data) 
 interrupted member continues from its training state (``Finetuner(checkpoint_dir=...)``); fusions are refitted from
 the saved members (seconds: they read the members' predictions) except those that train new models (bagging,
 boosting), which are saved and skipped like members. Members are always read back from disk before they are used,
-so a resumed run and an uninterrupted one predict from the very same weights.
+so a resumed run and an uninterrupted one predict from the very same weights. A classifier member's probabilities on
+the validation and test rows are computed once, from that read-back copy, where the member was fitted (a Ray worker:
+beside the other members' fits), and kept in its folder (``split_proba.safetensors``); the driver, a resumed run and
+``tunefuse report`` replay them instead of running every member again.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from .folder import RUN_FORMAT, RunFolder, atomic_write, versions, write_json
 from .inputs import Splits, load_data
 
 TRAINING_FUSIONS = ("bagging", "kfold_bagging", "boosting")  # fusions that fit new models: saved, skipped on resume
+SPLIT_PROBA = "split_proba.safetensors"  # a member's validation and test probabilities, keyed by the rows' content
 
 
 @dataclass
@@ -121,7 +125,7 @@ def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, da
     record = folder / "fit.json"
     if _recorded(record, key):
         say(f"member {m.name}: fitted already, loaded from {folder}")
-        return load_member(folder) if load else None
+        return read_member(folder, s) if load else None
     if not refit:
         raise ConfigError(f"member {m.name!r} of {str(run.path)!r} was fitted on other data or another spec than "
                           "the run's config.yaml now reads (a data file changed, or a relative path resolves "
@@ -137,6 +141,8 @@ def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, da
     fit_s = time.perf_counter() - t0
     est.fit_time_ = getattr(est, "fit_time_", fit_s)
     save_member(est, folder)
+    if task.is_classifier:
+        save_split_proba(load_member(folder), folder, s)
     history = getattr(est, "history_", [])
     write_json(record, {"key": key, "name": m.name, "spec": m.model_dump(), "fit_time_s": est.fit_time_,
                         "history": history})
@@ -146,7 +152,52 @@ def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, da
     run.log({"event": "member", "member": m.name, "fit_time_s": est.fit_time_})
     faults.point("member")
     say(f"member {m.name}: done in {fit_s:.1f} s")
-    return load_member(folder) if load else None
+    return read_member(folder, s) if load else None
+
+
+def save_split_proba(est, folder, s: Splits) -> None:
+    """``est``'s probabilities on the validation and test rows into ``folder/split_proba.safetensors`` (atomically),
+    each with the rows' content digest and the seconds the prediction took."""
+    import os
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from ..fusion.members import _digest
+
+    arrays, meta = {}, {}
+    for split, X in (("val", s.X_val), ("test", s.X_test)):
+        if X is None or len(X) == 0:
+            continue
+        t0 = time.perf_counter()
+        proba = np.asarray(est.predict_proba(X))
+        if proba.dtype.kind != "f":
+            return  # not probabilities (a custom member): the driver predicts it as before
+        arrays[split] = np.ascontiguousarray(proba)
+        meta[split] = json.dumps({"digest": _digest(X), "seconds": time.perf_counter() - t0})
+    tmp = folder / (SPLIT_PROBA + ".tmp")
+    save_file(arrays, str(tmp), metadata=meta)
+    os.replace(tmp, folder / SPLIT_PROBA)
+
+
+def read_member(folder, s: Splits):
+    """A fitted member read back from its folder, as :class:`Cached` holding its saved validation and test
+    probabilities (those whose rows are still the run's: a changed test file is predicted again)."""
+    from safetensors import safe_open
+
+    from ..fusion.members import Cached, _digest
+    from ..fusion.persist import load_member
+
+    member = Cached(load_member(folder))
+    file = folder / SPLIT_PROBA
+    if file.is_file():
+        with safe_open(str(file), framework="np") as f:
+            meta = f.metadata() or {}
+            for split, X in (("val", s.X_val), ("test", s.X_test)):
+                info = json.loads(meta.get(split, "null"))
+                if info is not None and X is not None and info["digest"] == _digest(X):
+                    member.remember("proba", X, f.get_tensor(split), info["seconds"])
+    return member
 
 
 def _fusion_members(cfg: Config, f: FusionConfig, members: dict) -> list[tuple[str, Any]]:
