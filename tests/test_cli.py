@@ -114,6 +114,36 @@ def test_members_keep_their_validation_and_test_probabilities_and_the_driver_rep
     assert asked == [len(other)]  # the validation rows are still the run's: replayed
 
 
+def test_a_run_scores_and_fuses_its_members_without_reading_their_models(fitted_run, tmp_path, monkeypatch):
+    """`tunefuse report` of a run with output-space fusions only: the leaderboard, stacking, the vote, the verdict
+    and the report come from the members' saved probabilities; no member model is read from disk (a driver of
+    hundreds of members holds arrays). Same leaderboard as the run's own."""
+    import tunefuse.fusion.persist as persist
+    from tunefuse.runs.config import load_config
+    from tunefuse.runs.experiment import fit_run
+
+    run, cfg = fitted_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    doc = yaml.safe_load(cfg.read_text())
+    doc.update(output=str(copy), fusions=[f for f in doc["fusions"] if f["method"] != "greedy_soup"])
+    read = []
+    real = persist.load_member
+    monkeypatch.setattr(persist, "load_member", lambda path, **kw: read.append(Path(path).name) or real(path, **kw))
+    result = fit_run(load_config(doc), say=lambda m: None, refit=False)
+    assert read == [], f"member models read from disk: {read}"
+    board = result.board.set_index("model")
+    before = pd.read_csv(run / "leaderboard.csv").set_index("model")
+    for name in ("ft-random_state=0", "ft-random_state=1", "tfidf", "stacking", "vote_soft"):
+        assert board.loc[name, "val_score"] == pytest.approx(before.loc[name, "val_score"])
+        assert board.loc[name, "test_score"] == pytest.approx(before.loc[name, "test_score"])
+        assert board.loc[name, "size_mb"] == pytest.approx(before.loc[name, "size_mb"], rel=0.01)
+    member = result.models["ft-random_state=0"]
+    assert not member.loaded and member.predict(result.splits.X_test[:4]).shape == (4,)
+    assert member.backbone == "minilm-l6" and not member.loaded  # known without reading the model
+    assert member.model_ is not None and member.loaded  # the weights: read on demand
+
+
 @pytest.mark.slow
 def test_second_fit_skips_every_member_and_reproduces_the_predictions(fitted_run):
     run, cfg = fitted_run

@@ -79,6 +79,14 @@ def _log_loss(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
     return float(log_loss(y, proba / proba.sum(1, keepdims=True), labels=classes))  # float32 rows sum to 1 ± 1e-7
 
 
+def size_mb(model: Any) -> float:
+    """The model's size saved: a run's member read from disk knows it (``size_mb_``), others are saved to measure."""
+    known = getattr(model, "size_mb_", None)
+    if known is not None:
+        return float(known)
+    return _size_mb(model.estimator if isinstance(model, Cached) else model)
+
+
 def _size_mb(model: Any) -> float:
     with tempfile.TemporaryDirectory() as d:
         try:
@@ -139,7 +147,7 @@ def leaderboard(models: Mapping[str, Any], X_val: Any, y_val: Any, X_test: Any =
             p_test, t_pred = _timed_proba(model, X_test)
             test_score = score(np.asarray(y_test), p_test, classes)
         fused = _is_fusion(model)
-        inner = model.estimator if isinstance(model, Cached) else model  # a Cached member: what it wraps
+        inner = model.estimator if isinstance(model, Cached) and fused else model  # a Cached fusion: what it wraps
         val_score = score(np.asarray(y_val), p_val, classes)
         rows.append({
             "model": name,
@@ -150,7 +158,7 @@ def leaderboard(models: Mapping[str, Any], X_val: Any, y_val: Any, X_test: Any =
             "test_score": test_score,
             "fit_time_s": float(getattr(model, "fit_time_", math.nan)),
             "predict_time_s": t_pred,
-            "size_mb": _size_mb(inner),
+            "size_mb": size_mb(model),
             "weights": " ".join(f"{k}:{v:.2f}" for k, v in model.weights_.items()) if fused else "",
         })
     df = pd.DataFrame(rows, columns=COLUMNS)

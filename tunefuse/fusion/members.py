@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
@@ -46,7 +46,10 @@ def check_members(members: Any, *, param: str = "members", required: tuple[str, 
         if name in seen:
             raise ValueError(f"{param} has the duplicate name {name!r}: give every member a unique name")
         seen.add(name)
-        missing = [m for m in required if not callable(getattr(est, m, None))]
+        if isinstance(est, Cached) and not est.loaded and "names" in est._known:  # not read from disk to check
+            missing = [m for m in required if m not in est._known["names"] and not hasattr(Cached, m)]
+        else:
+            missing = [m for m in required if not callable(getattr(est, m, None))]
         if missing:
             raise TypeError(
                 f"{param} member {name!r} ({type(est).__name__}) has no {' or '.join(missing)}: every member "
@@ -126,6 +129,21 @@ def _rows(X: Any) -> list | None:
     return None
 
 
+def tags_to_json(tags) -> dict:
+    """scikit-learn's estimator tags as plain data (rebuilt by :func:`tags_from_json`)."""
+    import dataclasses
+
+    return dataclasses.asdict(tags)
+
+
+def tags_from_json(doc: dict):
+    from sklearn.utils import ClassifierTags, InputTags, RegressorTags, Tags, TargetTags, TransformerTags
+
+    nested = {"target_tags": TargetTags, "transformer_tags": TransformerTags, "classifier_tags": ClassifierTags,
+              "regressor_tags": RegressorTags, "input_tags": InputTags}
+    return Tags(**{k: nested[k](**v) if k in nested and v is not None else v for k, v in doc.items()})
+
+
 class Cached:
     """A fitted member whose ``predict_proba`` is computed once per distinct row, then replayed.
 
@@ -136,21 +154,57 @@ class Cached:
     first call took is remembered (per row), and ``replayed_s`` counts it again on every replay, so leaderboards
     still report what a deployment would pay. :meth:`remember` takes predictions computed elsewhere (a Ray worker
     right after the member's fit). Everything else is delegated to the wrapped estimator.
+
+    ``load`` and ``known`` (a run folder's members): the estimator is read from disk only when something needs more
+    than its remembered predictions and the ``known`` attributes (``classes_``, ``fit_time_``...; ``"names"``, every
+    attribute it has, answers ``hasattr`` without loading), so a driver scoring hundreds of members holds arrays,
+    not models.
     """
 
-    def __init__(self, estimator: Any):
-        self.estimator = estimator
+    def __init__(self, estimator: Any = None, *, load: Callable[[], Any] | None = None,
+                 known: dict[str, Any] | None = None):
+        if (estimator is None) == (load is None):
+            raise TypeError("Cached takes a fitted estimator or a load() that returns one, not both or neither")
+        self._estimator, self._load, self._known = estimator, load, dict(known or {})
         self._memo: dict[str, tuple[Any, float]] = {}
         self._by_row: dict[str, dict[str, tuple[Any, float]]] = {}
         self.replayed_s = 0.0
 
+    @property
+    def estimator(self) -> Any:
+        """The wrapped estimator (read from disk on first use when the member was given as ``load``)."""
+        if self._estimator is None:
+            self._estimator, self._load = self._load(), None
+        return self._estimator
+
+    @property
+    def loaded(self) -> bool:
+        return self._estimator is not None
+
     def __getattr__(self, name: str) -> Any:
-        if name in ("estimator", "_memo", "_by_row"):  # not yet set (during unpickling/copy): no recursion
-            raise AttributeError(name)
+        if name.startswith("_") and name in ("_estimator", "_load", "_known", "_memo", "_by_row"):
+            raise AttributeError(name)  # not yet set (during unpickling/copy): no recursion
+        known = self._known
+        if name in known and name != "names":
+            return known[name]
+        if not self.loaded and "names" in known and name not in known["names"]:
+            raise AttributeError(f"{type(self).__name__} member has no attribute {name!r}")
         return getattr(self.estimator, name)
 
     def __sklearn_is_fitted__(self) -> bool:
         return True
+
+    def __sklearn_tags__(self):
+        if self.loaded or "sklearn_tags" not in self._known:
+            return self.estimator.__sklearn_tags__()
+        return tags_from_json(self._known["sklearn_tags"])
+
+    def fit(self, *args, **kwargs) -> "Cached":
+        """Refit the wrapped estimator and forget what it predicted before."""
+        self.estimator.fit(*args, **kwargs)
+        self._memo.clear()
+        self._by_row.clear()
+        return self
 
     def remember(self, kind: str, X: Any, out: Any, seconds: float) -> None:
         """Record ``out`` as this member's ``kind`` output ("proba" or "scores") on ``X``, computed in ``seconds``."""
@@ -187,11 +241,11 @@ class Cached:
         return self._replay("scores", X, self.estimator.predict_scores)
 
     def predict(self, X: Any):
-        task = getattr(self.estimator, "task_", None)
+        task = getattr(self, "task_", None)
         if task is not None and not task.is_classifier:
             X = task.check_X(X)
-            return task.decode(X, self.predict_scores(X), self.estimator.labels_)
-        return np.asarray(self.estimator.classes_)[self.predict_proba(X).argmax(1)]
+            return task.decode(X, self.predict_scores(X), self.labels_)
+        return np.asarray(self.classes_)[self.predict_proba(X).argmax(1)]
 
 
 def cached(members: list[tuple[str, Any]]) -> list[tuple[str, Any]]:

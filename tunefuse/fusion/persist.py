@@ -16,6 +16,7 @@ import importlib
 import inspect
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -113,6 +114,13 @@ def save_member(estimator: Any, path: str | os.PathLike) -> Path:
     [0]
     """
     path = Path(path)
+    if isinstance(estimator, Cached) and not estimator.loaded and "saved_folder_" in estimator._known:
+        source = Path(estimator.saved_folder_)  # a run's member still on disk: its files, not a reload to save
+        with atomic_folder(path) as tmp:
+            for f in source.iterdir():
+                if f.name in ("member.json", "model", "model.skops"):
+                    (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
+        return path
     estimator = getattr(estimator, "estimator", estimator) if isinstance(estimator, Cached) else estimator
     with atomic_folder(path) as tmp:
         if _has_own_persistence(estimator):
@@ -212,10 +220,9 @@ def save_fusion(fusion: Any, path: str | os.PathLike, *, member_refs: dict[str, 
             if not key.endswith("_") or key.startswith("_") or key in ("members_", "ensemble_"):
                 continue
             if key == "classes_":
-                meta["classes"] = {"values": _jsonable(list(value)), "dtype": np.asarray(value).dtype.str}
+                meta["classes"] = classes_to_json(value)
             elif key == "task_":  # NER / QA fusions: the task entry and its options, rebuilt from the registry
-                meta["task"] = {"name": value.name, "options": {f.name: getattr(value, f.name) for f in
-                                                                dataclasses.fields(value) if f.name != "name"}}
+                meta["task"] = task_to_json(value)
             elif key == "labels_":
                 meta["labels"] = None if value is None else _jsonable(list(value))
             elif key == "oof_scores_":  # per-word probabilities (NER) or span candidates (QA) per row
@@ -244,6 +251,27 @@ def save_fusion(fusion: Any, path: str | os.PathLike, *, member_refs: dict[str, 
             sio.dump(shell, tmp / "ensemble.skops")
         (tmp / "fusion.json").write_text(json.dumps(meta, indent=1))
     return path
+
+
+def classes_to_json(classes: Any) -> dict:
+    return {"values": _jsonable(list(classes)), "dtype": np.asarray(classes).dtype.str}
+
+
+def classes_from_json(doc: dict) -> np.ndarray:
+    return np.asarray(doc["values"], dtype=np.dtype(doc["dtype"]))
+
+
+def task_to_json(task: Any) -> dict:
+    """A task entry as its registry name and options (rebuilt by :func:`task_from_json`)."""
+    return {"name": task.name, "options": {f.name: _jsonable(getattr(task, f.name)) for f in dataclasses.fields(task)
+                                           if f.name != "name"}}
+
+
+def task_from_json(doc: dict) -> Any:
+    from ..tasks import get_task
+
+    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["options"].items()}
+    return dataclasses.replace(get_task(doc["name"]), **opts)
 
 
 def _member_folder(path: Path, i: int, name: str) -> Path:
@@ -295,12 +323,9 @@ def load_fusion(path: str | os.PathLike, *, trusted: Iterable[str | type] | None
         for key, value in _skops_load(path / "fitted.skops", trusted).items():
             setattr(fusion, key, value)
     if "classes" in meta:
-        fusion.classes_ = np.asarray(meta["classes"]["values"], dtype=np.dtype(meta["classes"]["dtype"]))
+        fusion.classes_ = classes_from_json(meta["classes"])
     if "task" in meta:
-        from ..tasks import get_task
-
-        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["task"]["options"].items()}
-        fusion.task_ = dataclasses.replace(get_task(meta["task"]["name"]), **opts)
+        fusion.task_ = task_from_json(meta["task"])
         fusion.labels_ = None if meta.get("labels") is None else np.asarray(meta["labels"])
         if "oof_scores" in meta:
             fusion.oof_scores_ = [{"spans": [tuple(x) for x in s["spans"]], "null": s["null"]} if isinstance(s, dict)

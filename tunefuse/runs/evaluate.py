@@ -141,7 +141,7 @@ def _classifier_board(cfg, task, models, in_sample, s, say):
 
 def _structured_board(cfg, task, models, in_sample, s, say):
     from ..fusion import cross_val_fusion
-    from ..fusion.leaderboard import COLUMNS, _size_mb, sort_leaderboard
+    from ..fusion.leaderboard import COLUMNS, size_mb, sort_leaderboard
 
     Xv = task.check_X(s.X_val)
     yv = task.check_y(s.y_val, Xv)
@@ -171,12 +171,12 @@ def _structured_board(cfg, task, models, in_sample, s, say):
             t_pred = time.perf_counter() - t0
             if yt is not None:
                 test_score = task.metric(yt, test_pred[name])
-        inner = getattr(m, "estimator", m)
         fused = hasattr(m, "weights_")
+        inner = getattr(m, "estimator", m) if fused else m
         rows.append({"model": name, "kind": type(inner).__name__ if fused else "member", "val_score": val_score,
                      "val_se": _bootstrap_se(score, len(Xv), seed=cfg.seed), "val_loss": math.nan,
                      "test_score": test_score, "fit_time_s": float(getattr(m, "fit_time_", math.nan)),
-                     "predict_time_s": t_pred, "size_mb": _size_mb(inner),
+                     "predict_time_s": t_pred, "size_mb": size_mb(m),
                      "weights": " ".join(f"{k}:{w:.2f}" for k, w in m.weights_.items()) if fused else ""})
     board = sort_leaderboard(pd.DataFrame(rows, columns=COLUMNS))
     board.insert(4, "val_mode", [("cross-fitted" if len(Xv) >= 2 else "in-sample") if n in in_sample else "held-out"

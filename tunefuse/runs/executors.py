@@ -3,8 +3,9 @@
 Ray does the scheduling, the placement on nodes, the retries of a task whose worker died and the cluster itself;
 tunefuse only says what a task needs (``executor.cpus_per_member``, ``gpus_per_member``, ``retries``) and where it
 writes: every task fits into the run folder exactly as the local executor does (its training state in
-``RUN/state/NAME``, its finished member in ``RUN/members/NAME``), so a retried task resumes from the last checkpoint
-and the driver reads every member back from disk, as a resumed local run does. The run folder must therefore be a
+``RUN/state/NAME``, its finished member in ``RUN/members/NAME`` with its validation and test probabilities), so a
+retried task resumes from the last checkpoint and the driver reads every member back from disk, as a resumed local
+run does: its probabilities, and its model only when the weights are needed (a soup). The run folder must therefore be a
 path every node sees (NFS, a mounted bucket); the driver holds the lock and only reads.
 """
 from __future__ import annotations

@@ -8,7 +8,8 @@ boosting), which are saved and skipped like members. Members are always read bac
 so a resumed run and an uninterrupted one predict from the very same weights. A classifier member's probabilities on
 the validation and test rows are computed once, from that read-back copy, where the member was fitted (a Ray worker:
 beside the other members' fits), and kept in its folder (``split_proba.safetensors``); the driver, a resumed run and
-``tunefuse report`` replay them instead of running every member again.
+``tunefuse report`` replay them instead of running every member again, and read a member's model only when its
+weights are needed (soups, bags refitting its recipe, other rows).
 """
 from __future__ import annotations
 
@@ -157,13 +158,16 @@ def fit_member(run: RunFolder, cfg: Config, m: MemberConfig, task, s: Splits, da
 
 def save_split_proba(est, folder, s: Splits) -> None:
     """``est``'s probabilities on the validation and test rows into ``folder/split_proba.safetensors`` (atomically),
-    each with the rows' content digest and the seconds the prediction took."""
+    each with the rows' content digest and the seconds the prediction took, and what the driver asks of a member
+    besides its predictions (classes, task, fit time, history, its attribute names), so it can leave it on disk."""
     import os
 
     import numpy as np
     from safetensors.numpy import save_file
 
-    from ..fusion.members import _digest
+    from ..finetuner import Finetuner
+    from ..fusion.members import _digest, tags_to_json
+    from ..fusion.persist import classes_to_json, task_to_json
 
     arrays, meta = {}, {}
     for split, X in (("val", s.X_val), ("test", s.X_test)):
@@ -175,28 +179,61 @@ def save_split_proba(est, folder, s: Splits) -> None:
             return  # not probabilities (a custom member): the driver predicts it as before
         arrays[split] = np.ascontiguousarray(proba)
         meta[split] = json.dumps({"digest": _digest(X), "seconds": time.perf_counter() - t0})
+    model = [p for p in folder.iterdir() if p.name not in ("fit.json", SPLIT_PROBA, "member.json")]
+    known = {"classes_": classes_to_json(est.classes_), "names": sorted(set(dir(est))),
+             "finetuner": isinstance(est, Finetuner), "size_mb_": sum(
+                 f.stat().st_size for p in model for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()) / 1e6}
+    if getattr(est, "feature_names_in_", None) is not None:  # scikit-learn meta-estimators compare them to X's
+        known["feature_names_in_"] = [str(c) for c in est.feature_names_in_]
+    for name in ("fit_time_", "history_", "backbone", "labels_", "n_features_in_"):
+        try:
+            json.dumps(value := getattr(est, name))
+            known[name] = value
+        except (AttributeError, TypeError, ValueError):  # absent, or not plain data: read from the model when asked
+            pass
+    if getattr(est, "task_", None) is not None:
+        known["task_"] = task_to_json(est.task_)
+    try:
+        from sklearn.utils import get_tags
+
+        known["sklearn_tags"] = tags_to_json(get_tags(est))
+        json.dumps(known["sklearn_tags"])
+    except (AttributeError, TypeError, ValueError):  # no tags, or not plain data: read from the model when asked
+        known.pop("sklearn_tags", None)
+    meta["member"] = json.dumps(known)
     tmp = folder / (SPLIT_PROBA + ".tmp")
     save_file(arrays, str(tmp), metadata=meta)
     os.replace(tmp, folder / SPLIT_PROBA)
 
 
 def read_member(folder, s: Splits):
-    """A fitted member read back from its folder, as :class:`Cached` holding its saved validation and test
-    probabilities (those whose rows are still the run's: a changed test file is predicted again)."""
+    """A fitted member of a run folder as :class:`Cached`, replaying its saved validation and test probabilities
+    (those whose rows are still the run's: a changed test file is predicted again). With them, the model stays on
+    disk until something needs its weights (a soup, a refit, other rows)."""
+    import numpy as np
     from safetensors import safe_open
 
     from ..fusion.members import Cached, _digest
-    from ..fusion.persist import load_member
+    from ..fusion.persist import classes_from_json, load_member, task_from_json
 
-    member = Cached(load_member(folder))
     file = folder / SPLIT_PROBA
-    if file.is_file():
-        with safe_open(str(file), framework="np") as f:
-            meta = f.metadata() or {}
-            for split, X in (("val", s.X_val), ("test", s.X_test)):
-                info = json.loads(meta.get(split, "null"))
-                if info is not None and X is not None and info["digest"] == _digest(X):
-                    member.remember("proba", X, f.get_tensor(split), info["seconds"])
+    if not file.is_file():
+        return Cached(load_member(folder))
+    with safe_open(str(file), framework="np") as f:
+        meta = f.metadata() or {}
+        known = json.loads(meta.get("member", "null"))
+        if known is None:
+            return Cached(load_member(folder))
+        known["classes_"] = classes_from_json(known["classes_"])
+        if "feature_names_in_" in known:
+            known["feature_names_in_"] = np.asarray(known["feature_names_in_"], dtype=object)
+        if "task_" in known:
+            known["task_"] = task_from_json(known["task_"])
+        member = Cached(load=lambda: load_member(folder), known={**known, "saved_folder_": str(folder)})
+        for split, X in (("val", s.X_val), ("test", s.X_test)):
+            info = json.loads(meta.get(split, "null"))
+            if info is not None and X is not None and info["digest"] == _digest(X):
+                member.remember("proba", X, f.get_tensor(split), info["seconds"])
     return member
 
 
@@ -208,7 +245,11 @@ def _fusion_members(cfg: Config, f: FusionConfig, members: dict) -> list[tuple[s
     names = list(members) if listed is None else [n for n in listed if n in members]
     chosen = [(n, members[n]) for n in names]
     if FUSION_METHODS[f.method].kind == "weight":
-        tuned = [(n, m) for n, m in chosen if isinstance(getattr(m, "estimator", m), Finetuner)]
+        def tuned_member(m) -> bool:  # a run's member answers from what it saved, without being read from disk
+            known = getattr(m, "_known", None) or {}
+            return known["finetuner"] if "finetuner" in known else isinstance(getattr(m, "estimator", m), Finetuner)
+
+        tuned = [(n, m) for n, m in chosen if tuned_member(m)]
         if f.members is None:  # soups want one backbone: the first fine-tuned member's
             first = tuned[0][1].backbone if tuned else None
             tuned = [(n, m) for n, m in tuned if m.backbone == first]
