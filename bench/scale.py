@@ -1,7 +1,7 @@
 """Scale-out on this machine: the Ray executor against the local one, Ray's cost per task, DDP inside a member, and a
 run whose worker is killed mid-fit.
 
-    python bench/scale.py [--quick] [--out runs/bench_scale]
+    python bench/scale.py [--quick] [--only overhead|ddp] [--out runs/bench_scale]
 
 1. Four MiniLM-L6 LP-FT members (seeds 0-3) on the reviews, `tunefuse fit` in a fresh process: `local` at its best
    thread setting (torch's default: every core) against `--executor ray` with 2 workers of 1 thread (1 CPU per
@@ -128,20 +128,46 @@ def ddp(root: Path, quick: bool) -> tuple[dict, dict]:
     return out[1], out[2]
 
 
+def print_overhead(root: Path, n: int) -> float:
+    t = tiny_overhead(root, n)
+    print(f"{n} tiny members, fitting phase: local {t['local']:.2f} s, ray (1 worker) {t['ray']:.2f} s -> "
+          f"{t['overhead_ms']:.1f} ms per task beyond its fit; Ray's bare round trip {t['round_trip_ms']:.1f} "
+          f"ms per task predicts the ray phase at {t['predicted_ray']:.2f} s (measured {t['ray']:.2f} s)")
+    return t["overhead_ms"]
+
+
+def print_ddp(root: Path, quick: bool) -> float:
+    one, two = ddp(root, quick)
+    delta = two["accuracy"] - one["accuracy"]
+    print(f"DDP (torchrun, gloo): 1 process acc {one['accuracy']:.4f} in {one['fit_time_s']:.1f} s; 2 processes "
+          f"acc {two['accuracy']:.4f} in {two['fit_time_s']:.1f} s; delta {delta:+.4f}")
+    return delta
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="400 reviews, 1 epoch per member, 400-row DDP (minutes)")
     p.add_argument("--out", default="runs/bench_scale")
     p.add_argument("--tiny", type=int, default=200, help="tiny members of the overhead measurement")
+    p.add_argument("--only", choices=["overhead", "ddp"], help="one part alone (B, or C at the full or --quick "
+                   "size), printed as its key=value and written to bench/results/scale_<part>[_quick].txt")
     a = p.parse_args()
     tee = start_tee()
-    root = Path(a.out) / ("quick" if a.quick else "full")
+    size = "quick" if a.quick else "full"
+    root = Path(a.out) / (f"{a.only}_{size}" if a.only else size)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     import torch
 
-    print(f"scale bench ({'quick' if a.quick else 'full'}): {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads by default")
+    print(f"scale bench ({size}{', ' + a.only + ' only' if a.only else ''}): {os.cpu_count()} CPUs, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads by default")
+    if a.only == "overhead":
+        print(f"ray_overhead_ms_per_task={print_overhead(root, a.tiny):.1f}")
+    elif a.only == "ddp":
+        print(f"ddp_metric_delta={print_ddp(root, a.quick):.4f}")
+    if a.only:
+        write_results(tee, ROOT / "bench" / "results" / f"scale_{a.only}{'_quick' if a.quick else ''}.txt")
+        return
 
     runs = {}
     for kind, extra, env in (("local", (), None), ("ray", ("--executor", "ray"), None),
@@ -160,16 +186,9 @@ def main() -> None:
     print(f"  local vs ray predictions identical: {same_predictions(root / 'local', root / 'ray')} (local uses "
           f"{torch.get_num_threads()} threads, each Ray task 1: float summation order differs)")
 
-    t = tiny_overhead(root, a.tiny)
-    overhead = t["overhead_ms"]
-    print(f"{a.tiny} tiny members, fitting phase: local {t['local']:.2f} s, ray (1 worker) {t['ray']:.2f} s -> "
-          f"{overhead:.1f} ms per task beyond its fit; Ray's bare round trip {t['round_trip_ms']:.1f} "
-          f"ms per task predicts the ray phase at {t['predicted_ray']:.2f} s (measured {t['ray']:.2f} s)")
+    overhead = print_overhead(root, a.tiny)
 
-    one, two = ddp(root, a.quick)
-    delta = two["accuracy"] - one["accuracy"]
-    print(f"DDP (torchrun, gloo): 1 process acc {one['accuracy']:.4f} in {one['fit_time_s']:.1f} s; 2 processes "
-          f"acc {two['accuracy']:.4f} in {two['fit_time_s']:.1f} s; delta {delta:+.4f}")
+    delta = print_ddp(root, a.quick)
     print(f"ray_speedup_4members_2workers={speedup:.3f} ray_overhead_ms_per_task={overhead:.1f} "
           f"ddp_metric_delta={delta:.4f} fault_run_identical={identical}")
     write_results(tee, ROOT / "bench" / "results" / f"scale{'_quick' if a.quick else ''}.txt")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -165,7 +166,6 @@ def save_split_proba(est, folder, s: Splits) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from ..finetuner import Finetuner
     from ..fusion.members import _digest, tags_to_json
     from ..fusion.persist import classes_to_json, task_to_json
 
@@ -180,8 +180,10 @@ def save_split_proba(est, folder, s: Splits) -> None:
         arrays[split] = np.ascontiguousarray(proba)
         meta[split] = json.dumps({"digest": _digest(X), "seconds": time.perf_counter() - t0})
     model = [p for p in folder.iterdir() if p.name not in ("fit.json", SPLIT_PROBA, "member.json")]
+    # a Finetuner's module is imported already if est is one: a Ray worker of baselines imports no torch for this
+    tuned = sys.modules.get("tunefuse.finetuner")
     known = {"classes_": classes_to_json(est.classes_), "names": sorted(set(dir(est))),
-             "finetuner": isinstance(est, Finetuner), "size_mb_": sum(
+             "finetuner": tuned is not None and isinstance(est, tuned.Finetuner), "size_mb_": sum(
                  f.stat().st_size for p in model for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()) / 1e6}
     if getattr(est, "feature_names_in_", None) is not None:  # scikit-learn meta-estimators compare them to X's
         known["feature_names_in_"] = [str(c) for c in est.feature_names_in_]
