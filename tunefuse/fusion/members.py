@@ -46,10 +46,7 @@ def check_members(members: Any, *, param: str = "members", required: tuple[str, 
         if name in seen:
             raise ValueError(f"{param} has the duplicate name {name!r}: give every member a unique name")
         seen.add(name)
-        if isinstance(est, Cached) and not est.loaded and "names" in est._known:  # not read from disk to check
-            missing = [m for m in required if m not in est._known["names"] and not hasattr(Cached, m)]
-        else:
-            missing = [m for m in required if not callable(getattr(est, m, None))]
+        missing = [m for m in required if not callable(getattr(est, m, None))]  # (Cached has them: not loaded)
         if missing:
             raise TypeError(
                 f"{param} member {name!r} ({type(est).__name__}) has no {' or '.join(missing)}: every member "
@@ -129,6 +126,12 @@ def _rows(X: Any) -> list | None:
     return None
 
 
+def input_keys(X: Any) -> tuple[str, list[str] | None]:
+    """The content digest of an input and of each of its rows (None: an input without rows)."""
+    rows = _rows(X)
+    return _digest(X), None if rows is None else [_digest(r) for r in rows]
+
+
 def tags_to_json(tags) -> dict:
     """scikit-learn's estimator tags as plain data (rebuilt by :func:`tags_from_json`)."""
     import dataclasses
@@ -206,31 +209,35 @@ class Cached:
         self._by_row.clear()
         return self
 
-    def remember(self, kind: str, X: Any, out: Any, seconds: float) -> None:
-        """Record ``out`` as this member's ``kind`` output ("proba" or "scores") on ``X``, computed in ``seconds``."""
-        self._memo[kind + _digest(X)] = (out, seconds)
-        rows = _rows(X)
+    def remember(self, kind: str, X: Any, out: Any, seconds: float,
+                 keys: tuple[str, list[str] | None] | None = None) -> None:
+        """Record ``out`` as this member's ``kind`` output ("proba" or "scores") on ``X``, computed in ``seconds``
+        (``keys``: :func:`input_keys` of ``X``, when the caller has them already)."""
+        digest, rows = keys or input_keys(X)
+        self._memo[kind + digest] = (out, seconds)
         if rows is not None and len(rows) == len(out) > 0:  # row-aligned: every row replayable on its own
             table = self._by_row.setdefault(kind, {})
             for r, o in zip(rows, out):
-                table[_digest(r)] = (o, seconds / len(rows))
+                table[r] = (o, seconds / len(rows))
 
     def _replay(self, kind: str, X: Any, compute):
-        key = kind + _digest(X)
-        if key in self._memo:
-            out, seconds = self._memo[key]
+        digest = _digest(X)
+        if kind + digest in self._memo:
+            out, seconds = self._memo[kind + digest]
             self.replayed_s += seconds
             return out
-        rows, table = _rows(X), self._by_row.get(kind)
+        rows = _rows(X)
+        rows = None if rows is None else [_digest(r) for r in rows]
+        table = self._by_row.get(kind)
         if rows and table:
-            hits = [table.get(_digest(r)) for r in rows]
+            hits = [table.get(r) for r in rows]
             if all(h is not None for h in hits):
                 self.replayed_s += sum(s for _, s in hits)
                 outs = [o for o, _ in hits]
                 return np.stack(outs) if kind == "proba" else outs
         t0 = time.perf_counter()
         out = compute(X)
-        self.remember(kind, X, out, time.perf_counter() - t0)
+        self.remember(kind, X, out, time.perf_counter() - t0, keys=(digest, rows))
         return out
 
     def predict_proba(self, X: Any) -> np.ndarray:

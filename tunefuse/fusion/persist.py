@@ -103,6 +103,14 @@ def _read_json(path: Path, name: str, what: str) -> dict:
     return read_json(path / name, f"tunefuse {what}")
 
 
+MEMBER_FILES = ("member.json", "model", "model.skops")  # what save_member writes (other files may sit beside them)
+
+
+def member_files(folder: Path) -> list[Path]:
+    """The files and folders of a saved member (not the run's records kept beside them)."""
+    return [folder / n for n in MEMBER_FILES if (folder / n).exists()]
+
+
 def save_member(estimator: Any, path: str | os.PathLike) -> Path:
     """Save one fitted member into folder ``path`` (its own ``save`` if it has one, else skops).
 
@@ -117,9 +125,8 @@ def save_member(estimator: Any, path: str | os.PathLike) -> Path:
     if isinstance(estimator, Cached) and not estimator.loaded and "saved_folder_" in estimator._known:
         source = Path(estimator.saved_folder_)  # a run's member still on disk: its files, not a reload to save
         with atomic_folder(path) as tmp:
-            for f in source.iterdir():
-                if f.name in ("member.json", "model", "model.skops"):
-                    (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
+            for f in member_files(source):
+                (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
         return path
     estimator = getattr(estimator, "estimator", estimator) if isinstance(estimator, Cached) else estimator
     with atomic_folder(path) as tmp:

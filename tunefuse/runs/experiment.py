@@ -166,8 +166,8 @@ def save_split_proba(est, folder, s: Splits) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from ..fusion.members import _digest, tags_to_json
-    from ..fusion.persist import classes_to_json, task_to_json
+    from ..fusion.members import tags_to_json
+    from ..fusion.persist import classes_to_json, member_files, task_to_json
 
     arrays, meta = {}, {}
     for split, X in (("val", s.X_val), ("test", s.X_test)):
@@ -178,8 +178,8 @@ def save_split_proba(est, folder, s: Splits) -> None:
         if proba.dtype.kind != "f":
             return  # not probabilities (a custom member): the driver predicts it as before
         arrays[split] = np.ascontiguousarray(proba)
-        meta[split] = json.dumps({"digest": _digest(X), "seconds": time.perf_counter() - t0})
-    model = [p for p in folder.iterdir() if p.name not in ("fit.json", SPLIT_PROBA, "member.json")]
+        meta[split] = json.dumps({"digest": s.input_keys(split)[0], "seconds": time.perf_counter() - t0})
+    model = [p for p in member_files(folder) if p.name != "member.json"]
     # a Finetuner's module is imported already if est is one: a Ray worker of baselines imports no torch for this
     tuned = sys.modules.get("tunefuse.finetuner")
     known = {"classes_": classes_to_json(est.classes_), "names": sorted(set(dir(est))),
@@ -215,7 +215,7 @@ def read_member(folder, s: Splits):
     import numpy as np
     from safetensors import safe_open
 
-    from ..fusion.members import Cached, _digest
+    from ..fusion.members import Cached
     from ..fusion.persist import classes_from_json, load_member, task_from_json
 
     file = folder / SPLIT_PROBA
@@ -234,8 +234,8 @@ def read_member(folder, s: Splits):
         member = Cached(load=lambda: load_member(folder), known={**known, "saved_folder_": str(folder)})
         for split, X in (("val", s.X_val), ("test", s.X_test)):
             info = json.loads(meta.get(split, "null"))
-            if info is not None and X is not None and info["digest"] == _digest(X):
-                member.remember("proba", X, f.get_tensor(split), info["seconds"])
+            if info is not None and X is not None and info["digest"] == s.input_keys(split)[0]:
+                member.remember("proba", X, f.get_tensor(split), info["seconds"], keys=s.input_keys(split))
     return member
 
 
@@ -248,8 +248,8 @@ def _fusion_members(cfg: Config, f: FusionConfig, members: dict) -> list[tuple[s
     chosen = [(n, members[n]) for n in names]
     if FUSION_METHODS[f.method].kind == "weight":
         def tuned_member(m) -> bool:  # a run's member answers from what it saved, without being read from disk
-            known = getattr(m, "_known", None) or {}
-            return known["finetuner"] if "finetuner" in known else isinstance(getattr(m, "estimator", m), Finetuner)
+            saved = getattr(m, "finetuner", None)
+            return saved if saved is not None else isinstance(getattr(m, "estimator", m), Finetuner)
 
         tuned = [(n, m) for n, m in chosen if tuned_member(m)]
         if f.members is None:  # soups want one backbone: the first fine-tuned member's

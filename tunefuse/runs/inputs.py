@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,15 @@ class Splits:
     X_test: Any = None
     y_test: Any = None
     source: str = ""
+    _keys: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def input_keys(self, split: str) -> tuple[str, list[str] | None]:
+        """The content digests of ``X_val`` or ``X_test`` and of their rows, computed once for every member."""
+        if split not in self._keys:
+            from ..fusion.members import input_keys
+
+            self._keys[split] = input_keys(getattr(self, f"X_{split}"))
+        return self._keys[split]
 
     def sizes(self) -> str:
         test = f", {len(self.X_test)} test" if self.X_test is not None else ", no test data"
